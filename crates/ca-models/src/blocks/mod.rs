@@ -1,0 +1,1 @@
+//! Layers shared by the GAN and diffusion families.

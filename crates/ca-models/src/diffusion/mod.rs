@@ -1,0 +1,1 @@
+//! CA-diffusion networks (DESIGN.md section 4.2).

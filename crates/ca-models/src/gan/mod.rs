@@ -1,0 +1,1 @@
+//! CA-GAN networks (DESIGN.md section 4.1).
