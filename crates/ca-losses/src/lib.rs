@@ -3,5 +3,18 @@
 //! No parameters, no IO, no config types: each function takes tensors and returns a per-sample
 //! `[B]` tensor (or a scalar where a term is not per-sample, documented in its `# Shapes`), so
 //! the trainer can mask rows and weight terms.
+//!
+//! * [`adversarial`] — non-saturating and hinge GAN losses, R1 penalty;
+//! * [`info`] — info losses on codes, salient-zero, class (dataset) BCE, swap consistency;
+//! * [`reconstruction`] — pixel and multi-scale feature-matching reconstruction;
+//! * [`invariance`] — common-code invariance: MMD, gradient reversal;
+//! * [`diffusion`] — denoising losses (epsilon / v prediction).
+//!
 //! Siblings: `ca-models`, `ca-data`, `ca-train`, `ca-cli`.
 #![warn(missing_docs)]
+
+pub mod adversarial;
+pub mod diffusion;
+pub mod info;
+pub mod invariance;
+pub mod reconstruction;

@@ -16,3 +16,12 @@ pub mod diffusion;
 pub mod gan;
 
 pub use code::CaCode;
+
+/// The image geometry a network is built for: channels and side length (square images).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ImageGeometry {
+    /// Number of channels (1 = grey, 3 = RGB).
+    pub channels: i64,
+    /// Side length in pixels.
+    pub size: i64,
+}

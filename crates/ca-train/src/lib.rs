@@ -3,3 +3,5 @@
 //! Builds on `ca-data` (datasets), `ca-models` (networks) and `ca-losses` (loss terms); used by
 //! `ca-cli` (the `ca` binary).
 #![warn(missing_docs)]
+
+pub mod metrics;

@@ -1,0 +1,1 @@
+//! adversarial losses (to be written).

@@ -1,0 +1,1 @@
+//! Diffusion losses (to be written).

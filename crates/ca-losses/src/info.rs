@@ -1,0 +1,1 @@
+//! info losses (to be written).

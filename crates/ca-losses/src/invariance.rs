@@ -1,0 +1,1 @@
+//! invariance losses (to be written).

@@ -1,0 +1,1 @@
+//! reconstruction losses (to be written).
