@@ -1,10 +1,14 @@
 //! `ca`: train, evaluate and apply contrastive-analysis (CA) models.
 //!
 //! This binary only parses arguments and dispatches to the library crates (`ca-train`,
-//! `ca-data`, `ca-models`); it maps errors to a printed chain and an exit code.
+//! `ca-data`, `ca-models`); it prints the error chain and maps errors to an exit code.
 
+mod apply;
+mod data;
 mod doctor;
+mod train;
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -14,8 +18,8 @@ Examples:
   ca doctor
   ca data export-synthetic --out /tmp/synth --n-background 500 --n-target 500
   ca train --config configs/ca-gan-synthetic.toml --max-minutes 45
-  ca eval --run runs/00001-synthetic-ca-gan
-  ca counterfactual --run runs/00001-synthetic-ca-gan --images scan1.png scan2.png --out cf/";
+  ca encode --run runs/00001-synthetic-gan-style-bs64 --data /tmp/synth --out codes.csv
+  ca counterfactual --run runs/00001-synthetic-gan-style-bs64 --images a.png b.png --out cf/";
 
 /// Contrastive analysis of two image datasets: separate what a background set and a target set
 /// share (common factors z) from what only the target set has (salient factors s).
@@ -32,11 +36,97 @@ enum Cmd {
     ///
     /// Example: ca doctor
     Doctor(doctor::Doctor),
-    /// Dataset utilities (export the synthetic benchmark to a folder, ...).
-    ///
-    /// Example: ca data export-synthetic --out /tmp/synth
+    /// Train a model from a config. Example: ca train --config configs/ca-gan-synthetic.toml --max-minutes 45
+    Train(train::Train),
+    /// Encode images to (z, s) codes, one CSV row per image. Example: ca encode --run RUN --data ROOT --out codes.csv
+    Encode(EncodeArgs),
+    /// Sample new background (s = 0) and target images. Example: ca generate --run RUN --n 8 --out gen/
+    Generate(GenerateArgs),
+    /// Transfer the salient factors of target images onto background images. Example: ca swap --run RUN --background a.png --target b.png --out swap/
+    Swap(SwapArgs),
+    /// Background counterpart (s := 0) and saliency map of images. Example: ca counterfactual --run RUN --images x.png --out cf/
+    Counterfactual(ImagesArgs),
+    /// Traverse the salient dimensions of images. Example: ca traverse --run RUN --images x.png --out trav/
+    Traverse(TraverseArgs),
+    /// Dataset utilities. Example: ca data export-synthetic --out /tmp/synth
     #[command(subcommand)]
     Data(DataCmd),
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    /// A run directory written by `ca train`.
+    #[arg(long)]
+    run: PathBuf,
+    /// auto | cpu | cuda | cuda:N
+    #[arg(long, default_value = "auto")]
+    device: String,
+}
+
+#[derive(clap::Args)]
+struct EncodeArgs {
+    #[command(flatten)]
+    run: RunArgs,
+    /// A folder pair ROOT/{background,target}; default: the run's own dataset.
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Output CSV (must not exist).
+    #[arg(long)]
+    out: PathBuf,
+}
+
+#[derive(clap::Args)]
+struct GenerateArgs {
+    #[command(flatten)]
+    run: RunArgs,
+    /// Samples per set.
+    #[arg(long, default_value_t = 8)]
+    n: i64,
+    /// Seed of the codes.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Output folder.
+    #[arg(long)]
+    out: PathBuf,
+}
+
+#[derive(clap::Args)]
+struct SwapArgs {
+    #[command(flatten)]
+    run: RunArgs,
+    /// Background images (receive the salient factors).
+    #[arg(long, num_args = 1.., required = true)]
+    background: Vec<PathBuf>,
+    /// Target images (give their salient factors).
+    #[arg(long, num_args = 1.., required = true)]
+    target: Vec<PathBuf>,
+    /// Output folder.
+    #[arg(long)]
+    out: PathBuf,
+}
+
+#[derive(clap::Args)]
+struct ImagesArgs {
+    #[command(flatten)]
+    run: RunArgs,
+    /// Input images.
+    #[arg(long, num_args = 1.., required = true)]
+    images: Vec<PathBuf>,
+    /// Output folder.
+    #[arg(long)]
+    out: PathBuf,
+}
+
+#[derive(clap::Args)]
+struct TraverseArgs {
+    #[command(flatten)]
+    inner: ImagesArgs,
+    /// Values per dimension.
+    #[arg(long, default_value_t = 7)]
+    steps: i64,
+    /// Traverse s_k over [-range, range].
+    #[arg(long, default_value_t = 3.0)]
+    range: f64,
 }
 
 #[derive(Subcommand)]
@@ -51,7 +141,7 @@ enum DataCmd {
 struct ExportSynthetic {
     /// Output folder (must not exist or be empty).
     #[arg(long)]
-    out: std::path::PathBuf,
+    out: PathBuf,
     /// Number of background images.
     #[arg(long, default_value_t = 1000)]
     n_background: usize,
@@ -70,16 +160,31 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
         )
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
     let result = match cli.cmd {
         Cmd::Doctor(d) => d.run(),
-        Cmd::Data(DataCmd::ExportSynthetic(_e)) => Err(anyhow::anyhow!(
-            "export-synthetic is not built yet (issue #3)"
-        )),
+        Cmd::Train(t) => t.run(),
+        Cmd::Encode(a) => apply::encode(&a.run.run, a.data.as_deref(), &a.out, &a.run.device),
+        Cmd::Generate(a) => apply::generate(&a.run.run, a.n, a.seed, &a.out, &a.run.device),
+        Cmd::Swap(a) => apply::swap(&a.run.run, &a.background, &a.target, &a.out, &a.run.device),
+        Cmd::Counterfactual(a) => {
+            apply::counterfactual(&a.run.run, &a.images, &a.out, &a.run.device)
+        }
+        Cmd::Traverse(a) => apply::traverse(
+            &a.inner.run.run,
+            &a.inner.images,
+            a.steps,
+            a.range,
+            &a.inner.out,
+            &a.inner.run.device,
+        ),
+        Cmd::Data(DataCmd::ExportSynthetic(e)) => {
+            data::export_synthetic(&e.out, e.n_background, e.n_target, e.size, e.seed)
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

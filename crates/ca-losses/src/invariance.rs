@@ -1,1 +1,206 @@
-//! invariance losses (to be written).
+//! Common-code invariance: the common codes `z` of background and target images must not reveal
+//! the dataset.
+//!
+//! * Maximum mean discrepancy with an RBF kernel: Gretton et al., "A Kernel Two-Sample Test",
+//!   JMLR 2012; used between the common codes of the two sets by MM-cVAE (Weinberger, Lin, Lee,
+//!   "Moment Matching Deep Contrastive Latent Variable Models", AISTATS 2022, arXiv:2202.10560).
+//! * Gradient reversal for an adversarial dataset classifier on `z`: Ganin & Lempitsky,
+//!   "Unsupervised Domain Adaptation by Backpropagation", ICML 2015, arXiv:1409.7495.
+
+use tch::Tensor;
+
+use crate::adversarial::logits_per_sample;
+
+/// Multi-bandwidth RBF kernel matrix `K[i, j] = Σ_σ exp(-‖a_i - b_j‖² / (2σ²))`, `[N, M]`.
+fn rbf_kernel(a: &Tensor, b: &Tensor, bandwidths: &[f64]) -> Tensor {
+    // Exact differences (not ‖a‖² + ‖b‖² - 2a·b): no negative distances from cancellation and a
+    // well-defined gradient at zero distance. Codes are small ([B ≤ a few hundred, d ≤ 128]).
+    let sq = (a.unsqueeze(1) - b.unsqueeze(0))
+        .square()
+        .sum_dim_intlist(-1, false, None);
+    bandwidths
+        .iter()
+        .map(|&sigma| (&sq * (-0.5 / (sigma * sigma))).exp())
+        .reduce(|x, y| x + y)
+        .expect("at least one bandwidth")
+}
+
+fn check_mmd_inputs(x: &Tensor, y: &Tensor, bandwidths: &[f64]) {
+    let (xs, ys) = (x.size(), y.size());
+    assert!(
+        xs.len() == 2 && ys.len() == 2 && xs[1] == ys[1],
+        "mmd_rbf: expected x [N, d] and y [M, d], got {xs:?} and {ys:?}"
+    );
+    assert!(
+        !bandwidths.is_empty() && bandwidths.iter().all(|&s| s > 0.0 && s.is_finite()),
+        "mmd_rbf: bandwidths must be non-empty and positive, got {bandwidths:?}"
+    );
+}
+
+/// Squared MMD between two sets of codes, **biased** (V-statistic) estimator:
+/// `mean K(x, x) + mean K(y, y) - 2 mean K(x, y)`, all pairs including `i = j`, with the kernel
+/// `k(a, b) = Σ_σ exp(-‖a - b‖² / (2σ²))` summed over `bandwidths`.
+///
+/// The biased estimator is chosen as the training loss: it is never negative, it is exactly 0
+/// for identical sets, and it works with a single sample per set (the trainer may see few
+/// background or target rows in a batch). [`mmd_rbf_unbiased`] is the unbiased alternative.
+/// Not per-sample: MMD compares two distributions.
+///
+/// # Shapes
+/// * `x`: `[N, d]`, `N ≥ 1` (e.g. common codes of background images)
+/// * `y`: `[M, d]`, `M ≥ 1` (e.g. common codes of target images)
+/// * `bandwidths`: the `σ` values, at least one, all positive
+/// * returns a scalar (0-dim) tensor
+pub fn mmd_rbf(x: &Tensor, y: &Tensor, bandwidths: &[f64]) -> Tensor {
+    check_mmd_inputs(x, y, bandwidths);
+    rbf_kernel(x, x, bandwidths).mean(None) + rbf_kernel(y, y, bandwidths).mean(None)
+        - rbf_kernel(x, y, bandwidths).mean(None) * 2.0
+}
+
+/// Squared MMD, **unbiased** (U-statistic) estimator: like [`mmd_rbf`] but the within-set means
+/// leave out the `i = j` pairs, `Σ_{i≠j} K(x_i, x_j) / (N(N-1))`. Its expectation is 0 when both
+/// sets come from the same distribution; single estimates can be negative.
+///
+/// # Shapes
+/// * `x`: `[N, d]`, `N ≥ 2`
+/// * `y`: `[M, d]`, `M ≥ 2`
+/// * `bandwidths`: the `σ` values, at least one, all positive
+/// * returns a scalar (0-dim) tensor
+pub fn mmd_rbf_unbiased(x: &Tensor, y: &Tensor, bandwidths: &[f64]) -> Tensor {
+    check_mmd_inputs(x, y, bandwidths);
+    let (n, m) = (x.size()[0], y.size()[0]);
+    assert!(
+        n >= 2 && m >= 2,
+        "mmd_rbf_unbiased: needs at least 2 rows per set, got {n} and {m}"
+    );
+    let off_diagonal_mean =
+        |k: Tensor, n: i64| (k.sum(None) - k.diagonal(0, 0, 1).sum(None)) / ((n * (n - 1)) as f64);
+    off_diagonal_mean(rbf_kernel(x, x, bandwidths), n)
+        + off_diagonal_mean(rbf_kernel(y, y, bandwidths), m)
+        - rbf_kernel(x, y, bandwidths).mean(None) * 2.0
+}
+
+/// Gradient reversal layer: the identity in the forward pass, `-lambda · grad` in the backward
+/// pass.
+///
+/// Put it between the encoder's `z` and a dataset classifier: minimising the classifier's
+/// [`class_bce`](crate::info::class_bce) then trains the classifier to find the dataset in `z`
+/// and the encoder to hide it. Built without a custom autograd function as
+/// `x.detach() + (x - x.detach()) · (-lambda)`: the second term is exactly 0 forward (so the
+/// output equals `x` bit for bit, for finite `x`) and has derivative `-lambda`.
+///
+/// # Shapes
+/// * `x`: any shape; returns the same shape
+pub fn gradient_reversal(x: &Tensor, lambda: f64) -> Tensor {
+    let fixed = x.detach();
+    (x - &fixed) * (-lambda) + fixed
+}
+
+/// Dataset-confusion loss for an encoder facing a dataset classifier on `z` (the alternative to
+/// [`gradient_reversal`] with alternating updates): binary cross-entropy of the classifier's
+/// logits against the label `½`, `½·softplus(l) + ½·softplus(-l)`, per sample.
+///
+/// Its minimum, `ln 2`, is reached at `l = 0`, where the classifier cannot tell background from
+/// target; unlike maximising the classifier's own loss it does not reward flipping the labels.
+///
+/// # Shapes
+/// * `logits`: `[B]` or `[B, 1]`
+/// * returns `[B]`
+pub fn dataset_confusion(logits: &Tensor) -> Tensor {
+    let l = logits_per_sample(logits, "dataset_confusion logits");
+    ((-&l).softplus() + l.softplus()) * 0.5
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::f32::consts::LN_2;
+
+    fn t(v: &[f32]) -> Tensor {
+        Tensor::from_slice(v)
+    }
+
+    fn values(x: &Tensor) -> Vec<f32> {
+        Vec::<f32>::try_from(&x.detach().reshape([-1])).unwrap()
+    }
+
+    fn scalar(x: &Tensor) -> f64 {
+        f64::try_from(&x.detach()).unwrap()
+    }
+
+    #[test]
+    fn mmd_one_dimensional_two_points() {
+        let x = t(&[0.0, 1.0]).view([2, 1]);
+        let y = t(&[0.0, 2.0]).view([2, 1]);
+        // σ = 1, k(d) = exp(-d²/2):
+        // mean Kxx = (1 + e^-½ + e^-½ + 1) / 4 = (1 + e^-½) / 2
+        // mean Kyy = (1 + e^-2) / 2
+        // mean Kxy = (k(0) + k(2) + k(1) + k(1)) / 4 = (1 + e^-2 + 2e^-½) / 4
+        // biased MMD² = (1 + e^-½)/2 + (1 + e^-2)/2 - (1 + e^-2 + 2e^-½)/2 = (1 - e^-½)/2
+        let want = (1.0 - (-0.5f64).exp()) / 2.0; // 0.196735
+        let got = mmd_rbf(&x, &y, &[1.0]);
+        assert_eq!(got.size(), Vec::<i64>::new());
+        assert!((scalar(&got) - want).abs() < 1e-6, "{}", scalar(&got));
+        // Two bandwidths (1, 2): the kernel is a sum, so MMD² adds; σ = 2 gives
+        // k(d) = exp(-d²/8) and (1 - e^-⅛)/2.
+        let want2 = want + (1.0 - (-0.125f64).exp()) / 2.0;
+        let got2 = scalar(&mmd_rbf(&x, &y, &[1.0, 2.0]));
+        assert!((got2 - want2).abs() < 1e-6, "{got2} vs {want2}");
+        // Unbiased: within-set means over i ≠ j only: e^-½ + e^-2 - (1 + e^-2 + 2e^-½)/2
+        //         = (e^-2 - 1) / 2 = -0.432332
+        let want_u = ((-2.0f64).exp() - 1.0) / 2.0;
+        let got_u = scalar(&mmd_rbf_unbiased(&x, &y, &[1.0]));
+        assert!((got_u - want_u).abs() < 1e-6, "{got_u} vs {want_u}");
+    }
+
+    #[test]
+    fn mmd_of_identical_sets_is_zero_and_grows_with_a_shift() {
+        let x = t(&[0.1, -0.3, 0.7, 1.2, -0.5, 0.4]).view([3, 2]);
+        let same = scalar(&mmd_rbf(&x, &x.copy(), &[0.5, 1.0, 2.0]));
+        assert!(same.abs() < 1e-6, "{same}");
+        let near = scalar(&mmd_rbf(&x, &(&x + 0.5), &[0.5, 1.0, 2.0]));
+        let far = scalar(&mmd_rbf(&x, &(&x + 3.0), &[0.5, 1.0, 2.0]));
+        assert!(0.0 < near && near < far, "near {near}, far {far}");
+        // The gradient is finite at zero distance (identical rows).
+        let z = x.copy().set_requires_grad(true);
+        mmd_rbf(&z, &x, &[1.0]).backward();
+        assert!(values(&z.grad()).iter().all(|g| g.is_finite()));
+    }
+
+    #[test]
+    fn gradient_reversal_is_identity_forward_and_flips_gradient() {
+        let x = t(&[0.3, -1.7, 2.5]).set_requires_grad(true);
+        let y = gradient_reversal(&x, 0.5);
+        assert!(
+            y.detach().equal(&x.detach()),
+            "forward must be the identity"
+        );
+        // loss = Σ c·y with c = (1, 2, 3): without reversal ∂loss/∂x = c;
+        // with it, -0.5·c = (-0.5, -1, -1.5).
+        (&y * t(&[1.0, 2.0, 3.0])).sum(None).backward();
+        assert_eq!(values(&x.grad()), vec![-0.5, -1.0, -1.5]);
+        // The reversed gradient reaches the encoder while the head after it trains normally:
+        // loss = w·GRL(x), x = 2, w = 3: ∂/∂w = x = 2, ∂/∂x = -λ·w = -1·3 = -3.
+        let x = t(&[2.0]).set_requires_grad(true);
+        let w = t(&[3.0]).set_requires_grad(true);
+        (&w * gradient_reversal(&x, 1.0)).sum(None).backward();
+        assert_eq!(values(&w.grad()), vec![2.0]);
+        assert_eq!(values(&x.grad()), vec![-3.0]);
+    }
+
+    #[test]
+    fn dataset_confusion_known_values() {
+        // l = 0: ½(ln 2 + ln 2) = ln 2 = 0.693147
+        // l = 2: ½(ln(1 + e^-2) + ln(1 + e^2)) = ½(0.126928 + 2.126928) = 1.126928
+        let got = values(&dataset_confusion(&t(&[0.0, 2.0, -2.0])));
+        let want = [LN_2, 1.126928, 1.126928];
+        for (g, w) in got.iter().zip(want) {
+            assert!((g - w).abs() < 1e-5, "{got:?}");
+        }
+        // Gradient σ(l) - ½: pulls a confident logit back towards 0.
+        let l = t(&[2.0, -2.0]).set_requires_grad(true);
+        dataset_confusion(&l).sum(None).backward();
+        let g = values(&l.grad());
+        assert!(g[0] > 0.0 && g[1] < 0.0, "{g:?}");
+    }
+}

@@ -1,0 +1,143 @@
+//! `ROOT/labels.csv`: `split,file,<label columns...>`, used only for evaluation.
+//!
+//! `split` is `background` or `target`; `file` is the path relative to that split folder
+//! (with `/` separators). A column whose non-empty values are all integers is categorical;
+//! all numbers with at least one decimal is continuous; any other text is categorical with
+//! codes given to the distinct strings in sorted order. Empty cells are missing (NaN), and so
+//! are images without a row.
+
+use std::collections::{BTreeSet, HashMap};
+use std::path::Path;
+
+use crate::dataset::{Group, LabelColumn, LabelKind};
+use crate::error::{DataError, DataErrorKind, Result};
+
+/// Parse `labels.csv` against the dataset's items. `index` maps `(group, relative file)` to an
+/// item index; `skipped` holds `split/file` names skipped as unreadable (their rows are
+/// ignored). `groups` is the group of every item.
+pub fn read_labels(
+    path: &Path,
+    index: &HashMap<(Group, String), usize>,
+    skipped: &BTreeSet<String>,
+    groups: &[Group],
+) -> Result<Vec<LabelColumn>> {
+    let err = |msg: String| DataError::at(path, DataErrorKind::Labels(msg));
+    let mut rdr = csv::ReaderBuilder::new()
+        .trim(csv::Trim::All)
+        .from_path(path)
+        .map_err(|e| err(e.to_string()))?;
+    let headers = rdr.headers().map_err(|e| err(e.to_string()))?.clone();
+    if headers.len() < 2 || &headers[0] != "split" || &headers[1] != "file" {
+        return Err(err(format!(
+            "the header must start with `split,file` (found `{}`); add the header row",
+            headers.iter().collect::<Vec<_>>().join(",")
+        )));
+    }
+    let names: Vec<String> = headers.iter().skip(2).map(str::to_string).collect();
+    let mut cells: Vec<Vec<Option<String>>> = vec![vec![None; groups.len()]; names.len()];
+    for (row, rec) in rdr.records().enumerate() {
+        let line = row + 2;
+        let rec = rec.map_err(|e| err(format!("line {line}: {e}")))?;
+        let group = match &rec[0] {
+            "background" => Group::Background,
+            "target" => Group::Target,
+            other => {
+                return Err(err(format!(
+                    "line {line}: split `{other}` (expected background or target)"
+                )));
+            }
+        };
+        let file = rec[1].replace('\\', "/");
+        let Some(&i) = index.get(&(group, file.clone())) else {
+            if skipped.contains(&format!("{}/{file}", group.name())) {
+                continue;
+            }
+            return Err(err(format!(
+                "line {line}: file '{}/{file}' does not exist in the dataset; fix or delete the row",
+                group.name()
+            )));
+        };
+        for (c, col) in cells.iter_mut().enumerate() {
+            let v = rec.get(c + 2).unwrap_or("");
+            col[i] = (!v.is_empty()).then(|| v.to_string());
+        }
+    }
+    Ok(names
+        .iter()
+        .zip(cells)
+        .map(|(name, col)| column(name, &col, groups))
+        .collect())
+}
+
+fn column(name: &str, cells: &[Option<String>], groups: &[Group]) -> LabelColumn {
+    let present = || cells.iter().flatten();
+    if present().all(|v| v.parse::<i64>().is_ok()) {
+        let values = cells
+            .iter()
+            .map(|v| {
+                v.as_ref()
+                    .map_or(f64::NAN, |v| v.parse::<i64>().unwrap() as f64)
+            })
+            .collect();
+        return LabelColumn::with_inferred_scope(name, LabelKind::Categorical, values, groups);
+    }
+    if present().all(|v| v.parse::<f64>().is_ok()) {
+        let values = cells
+            .iter()
+            .map(|v| v.as_ref().map_or(f64::NAN, |v| v.parse::<f64>().unwrap()))
+            .collect();
+        return LabelColumn::with_inferred_scope(name, LabelKind::Continuous, values, groups);
+    }
+    let distinct: BTreeSet<&String> = present().collect();
+    let code: HashMap<&String, f64> = distinct
+        .into_iter()
+        .enumerate()
+        .map(|(i, s)| (s, i as f64))
+        .collect();
+    let values = cells
+        .iter()
+        .map(|v| v.as_ref().map_or(f64::NAN, |v| code[v]))
+        .collect();
+    LabelColumn::with_inferred_scope(name, LabelKind::Categorical, values, groups)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kinds_missing_values_and_bad_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("labels.csv");
+        let groups = [Group::Background, Group::Target, Group::Target];
+        let mut index = HashMap::new();
+        index.insert((Group::Background, "a.png".to_string()), 0);
+        index.insert((Group::Target, "sub/b.png".to_string()), 1);
+        index.insert((Group::Target, "c.png".to_string()), 2);
+        std::fs::write(&p, "split,file,kind,size,name\nbackground,a.png,,0.5,x\ntarget,sub/b.png,1,0.25,y\ntarget,c.png,2,1,x\n").unwrap();
+        let cols = read_labels(&p, &index, &BTreeSet::new(), &groups).unwrap();
+        assert_eq!(cols[0].kind, LabelKind::Categorical);
+        assert!(cols[0].values[0].is_nan());
+        assert_eq!(cols[0].values[1..], [1.0, 2.0]);
+        assert_eq!(cols[0].scope, crate::dataset::LabelScope::Salient);
+        assert_eq!(cols[1].kind, LabelKind::Continuous);
+        assert_eq!(cols[2].values, vec![0.0, 1.0, 0.0]);
+        std::fs::write(&p, "split,file,kind\ntarget,missing.png,1\n").unwrap();
+        let e = read_labels(&p, &index, &BTreeSet::new(), &groups)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("line 2") && e.contains("target/missing.png") && e.contains("labels.csv"),
+            "{e}"
+        );
+        let skipped: BTreeSet<String> = ["target/missing.png".to_string()].into();
+        assert!(read_labels(&p, &index, &skipped, &groups).is_ok());
+        std::fs::write(&p, "file,split\n").unwrap();
+        assert!(
+            read_labels(&p, &index, &BTreeSet::new(), &groups)
+                .unwrap_err()
+                .to_string()
+                .contains("split,file")
+        );
+    }
+}

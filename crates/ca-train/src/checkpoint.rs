@@ -1,0 +1,409 @@
+//! Checkpoints: what to write when (a pure policy), and an executor that writes atomically.
+//!
+//! Layout inside a run directory:
+//! ```text
+//! checkpoints/
+//!   latest                  text file: the name of the newest complete checkpoint folder
+//!   ckpt-000500/
+//!     model.safetensors     the weights used for inference (EMA generator, encoder, ...),
+//!                           loadable by PyTorch's `safetensors.torch.load_file`
+//!     state.safetensors     everything needed to resume: all networks, optimiser moments
+//!     meta.json             step, images seen, wall clock, model kind, config digest
+//! ```
+//! A checkpoint is written into `ckpt-N.tmp/`, every file fsynced, the folder renamed, and only
+//! then is `latest` replaced (temp file + rename). The previous checkpoint stays valid until the
+//! new one is complete; a run killed at any moment resumes from `latest`. The step is read from
+//! `meta.json`, never parsed from a folder name.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use tch::Tensor;
+
+/// When to write checkpoints and how many to keep.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CheckpointPolicy {
+    /// Write one every this many steps (0: only at the end).
+    pub every_steps: u64,
+    /// Keep this many of the newest checkpoints (at least 1).
+    pub keep_last: usize,
+}
+
+/// Whether a checkpoint is due after `step` (1-based count of finished steps).
+pub fn is_due(step: u64, is_last: bool, policy: &CheckpointPolicy) -> bool {
+    is_last || (policy.every_steps > 0 && step.is_multiple_of(policy.every_steps))
+}
+
+/// Which of the existing checkpoint folders (oldest first) to delete so that `keep_last` remain.
+pub fn to_prune(existing_oldest_first: &[String], keep_last: usize) -> Vec<String> {
+    let keep = keep_last.max(1);
+    let n = existing_oldest_first.len();
+    existing_oldest_first[..n.saturating_sub(keep)].to_vec()
+}
+
+/// What is stored beside the tensors.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct CheckpointMeta {
+    /// Finished optimisation steps.
+    pub step: u64,
+    /// Training images seen.
+    pub images_seen: u64,
+    /// Training wall clock so far, seconds (summed over resumed segments).
+    pub wall_clock_s: f64,
+    /// Model family (`gan`, `diffusion`, `autoencoder`).
+    pub model_kind: String,
+    /// Digest of the model section of the config: a checkpoint from another config is refused.
+    pub model_digest: String,
+    /// The run seed.
+    pub seed: u64,
+}
+
+/// Errors of reading or writing checkpoints; each names the file.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckpointError {
+    /// Filesystem error.
+    #[error("checkpoint I/O error at '{path}': {source}")]
+    Io {
+        /// The file or folder.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// libtorch could not read or write a tensor file.
+    #[error("cannot read or write tensors in '{path}': {source}")]
+    Tensor {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: tch::TchError,
+    },
+    /// meta.json is not what we wrote.
+    #[error("'{path}' is not a valid checkpoint meta.json: {msg}")]
+    Meta {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        msg: String,
+    },
+    /// No checkpoint exists where one was expected.
+    #[error("no checkpoint in '{0}': the run has not written one yet (nothing to resume or load)")]
+    Missing(PathBuf),
+    /// A tensor the model needs is not in the file.
+    #[error(
+        "checkpoint '{file}' has no tensor '{name}': it was written by another model or config"
+    )]
+    MissingTensor {
+        /// Tensor name.
+        name: String,
+        /// The file.
+        file: PathBuf,
+    },
+    /// A tensor has another shape than the model's variable.
+    #[error(
+        "checkpoint '{file}': tensor '{name}' has shape {found:?}, the model expects {expected:?} (another config?)"
+    )]
+    Shape {
+        /// Tensor name.
+        name: String,
+        /// The file.
+        file: PathBuf,
+        /// Shape in the file.
+        found: Vec<i64>,
+        /// Shape of the model's variable.
+        expected: Vec<i64>,
+    },
+    /// The checkpoint belongs to another model kind or config.
+    #[error(
+        "checkpoint '{path}' was written by {found}, but this run is {expected}; use the run directory it belongs to"
+    )]
+    Mismatch {
+        /// The checkpoint folder.
+        path: PathBuf,
+        /// What the checkpoint says.
+        found: String,
+        /// What this run is.
+        expected: String,
+    },
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> CheckpointError + '_ {
+    move |source| CheckpointError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+fn fsync_file(path: &Path) -> Result<(), CheckpointError> {
+    File::open(path)
+        .and_then(|f| f.sync_all())
+        .map_err(io(path))
+}
+
+fn fsync_dir(path: &Path) -> Result<(), CheckpointError> {
+    File::open(path)
+        .and_then(|f| f.sync_all())
+        .map_err(io(path))
+}
+
+/// Write `contents` to `path` atomically: `path.tmp`, fsync, rename, fsync the folder.
+pub fn write_atomic(path: &Path, contents: &[u8]) -> Result<(), CheckpointError> {
+    let tmp = path.with_extension("tmp");
+    {
+        let mut f = File::create(&tmp).map_err(io(&tmp))?;
+        f.write_all(contents).map_err(io(&tmp))?;
+        f.sync_all().map_err(io(&tmp))?;
+    }
+    std::fs::rename(&tmp, path).map_err(io(path))?;
+    if let Some(parent) = path.parent() {
+        fsync_dir(parent)?;
+    }
+    Ok(())
+}
+
+/// The checkpoints folder of a run.
+pub fn dir_of(run_dir: &Path) -> PathBuf {
+    run_dir.join("checkpoints")
+}
+
+/// Write a checkpoint atomically and prune old ones; returns its folder.
+pub fn write(
+    run_dir: &Path,
+    meta: &CheckpointMeta,
+    model: &[(String, Tensor)],
+    state: &[(String, Tensor)],
+    keep_last: usize,
+) -> Result<PathBuf, CheckpointError> {
+    let root = dir_of(run_dir);
+    std::fs::create_dir_all(&root).map_err(io(&root))?;
+    let name = format!("ckpt-{:07}", meta.step);
+    let final_dir = root.join(&name);
+    let tmp_dir = root.join(format!("{name}.tmp"));
+    if tmp_dir.exists() {
+        std::fs::remove_dir_all(&tmp_dir).map_err(io(&tmp_dir))?;
+    }
+    std::fs::create_dir_all(&tmp_dir).map_err(io(&tmp_dir))?;
+    for (file, tensors) in [("model.safetensors", model), ("state.safetensors", state)] {
+        let path = tmp_dir.join(file);
+        let cpu: Vec<(&str, Tensor)> = tensors
+            .iter()
+            .map(|(n, t)| (n.as_str(), t.to_device(tch::Device::Cpu).contiguous()))
+            .collect();
+        Tensor::write_safetensors(&cpu, &path).map_err(|source| CheckpointError::Tensor {
+            path: path.clone(),
+            source,
+        })?;
+        fsync_file(&path)?;
+    }
+    let meta_path = tmp_dir.join("meta.json");
+    let json = serde_json::to_vec_pretty(meta).expect("meta serialises");
+    std::fs::write(&meta_path, json).map_err(io(&meta_path))?;
+    fsync_file(&meta_path)?;
+    fsync_dir(&tmp_dir)?;
+    if final_dir.exists() {
+        // Same step written again (e.g. final checkpoint right after a periodic one).
+        std::fs::remove_dir_all(&final_dir).map_err(io(&final_dir))?;
+    }
+    std::fs::rename(&tmp_dir, &final_dir).map_err(io(&final_dir))?;
+    fsync_dir(&root)?;
+    write_atomic(&root.join("latest"), name.as_bytes())?;
+
+    let mut existing = list(&root)?;
+    existing.retain(|n| n != &name);
+    existing.push(name);
+    for old in to_prune(&existing, keep_last) {
+        let p = root.join(old);
+        std::fs::remove_dir_all(&p).map_err(io(&p))?;
+    }
+    Ok(final_dir)
+}
+
+/// Complete checkpoint folders, oldest (lowest step) first.
+fn list(root: &Path) -> Result<Vec<String>, CheckpointError> {
+    let mut names = Vec::new();
+    for entry in std::fs::read_dir(root).map_err(io(root))? {
+        let entry = entry.map_err(io(root))?;
+        let name = entry.file_name().to_string_lossy().to_string();
+        if name.starts_with("ckpt-") && !name.ends_with(".tmp") && entry.path().is_dir() {
+            names.push(name);
+        }
+    }
+    names.sort();
+    Ok(names)
+}
+
+/// The newest complete checkpoint of a run (following `latest`).
+pub fn latest(run_dir: &Path) -> Result<PathBuf, CheckpointError> {
+    let root = dir_of(run_dir);
+    let pointer = root.join("latest");
+    let name = std::fs::read_to_string(&pointer)
+        .map_err(|_| CheckpointError::Missing(run_dir.to_path_buf()))?;
+    let dir = root.join(name.trim());
+    if !dir.join("meta.json").exists() {
+        return Err(CheckpointError::Missing(run_dir.to_path_buf()));
+    }
+    Ok(dir)
+}
+
+/// Read a checkpoint's meta.json.
+pub fn read_meta(ckpt_dir: &Path) -> Result<CheckpointMeta, CheckpointError> {
+    let path = ckpt_dir.join("meta.json");
+    let text = std::fs::read_to_string(&path).map_err(io(&path))?;
+    serde_json::from_str(&text).map_err(|e| CheckpointError::Meta {
+        path,
+        msg: e.to_string(),
+    })
+}
+
+/// Read one of the tensor files (`model` or `state`) as a name -> tensor map.
+pub fn read_tensors(
+    ckpt_dir: &Path,
+    which: &str,
+) -> Result<HashMap<String, Tensor>, CheckpointError> {
+    let path = ckpt_dir.join(format!("{which}.safetensors"));
+    if !path.exists() {
+        return Err(CheckpointError::Io {
+            path,
+            source: std::io::Error::new(std::io::ErrorKind::NotFound, "file missing"),
+        });
+    }
+    let v = Tensor::read_safetensors(&path).map_err(|source| CheckpointError::Tensor {
+        path: path.clone(),
+        source,
+    })?;
+    Ok(v.into_iter().collect())
+}
+
+/// Copy tensors named `prefix + variable name` from `tensors` into the variables of `vs`.
+/// Every variable must be present with the same shape.
+pub fn load_var_store(
+    vs: &tch::nn::VarStore,
+    tensors: &HashMap<String, Tensor>,
+    prefix: &str,
+    file: &Path,
+) -> Result<(), CheckpointError> {
+    let _guard = tch::no_grad_guard();
+    for (name, mut var) in vs.variables() {
+        let key = format!("{prefix}{name}");
+        let src = tensors
+            .get(&key)
+            .ok_or_else(|| CheckpointError::MissingTensor {
+                name: key.clone(),
+                file: file.to_path_buf(),
+            })?;
+        if src.size() != var.size() {
+            return Err(CheckpointError::Shape {
+                name: key,
+                file: file.to_path_buf(),
+                found: src.size(),
+                expected: var.size(),
+            });
+        }
+        var.copy_(src);
+    }
+    Ok(())
+}
+
+/// The variables of `vs` as (prefix + name, tensor) pairs, sorted by name.
+pub fn named(vs: &tch::nn::VarStore, prefix: &str) -> Vec<(String, Tensor)> {
+    let mut v: Vec<(String, Tensor)> = vs
+        .variables()
+        .into_iter()
+        .map(|(n, t)| (format!("{prefix}{n}"), t))
+        .collect();
+    v.sort_by(|a, b| a.0.cmp(&b.0));
+    v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn policy_is_due_every_n_and_at_end() {
+        let p = CheckpointPolicy {
+            every_steps: 100,
+            keep_last: 2,
+        };
+        assert!(!is_due(99, false, &p));
+        assert!(is_due(100, false, &p));
+        assert!(is_due(150, true, &p));
+        let never = CheckpointPolicy {
+            every_steps: 0,
+            keep_last: 1,
+        };
+        assert!(!is_due(100, false, &never));
+    }
+
+    #[test]
+    fn prune_keeps_newest() {
+        let names: Vec<String> = ["a", "b", "c"].iter().map(|s| s.to_string()).collect();
+        assert_eq!(to_prune(&names, 2), vec!["a".to_string()]);
+        assert!(to_prune(&names, 5).is_empty());
+        assert_eq!(to_prune(&names, 0).len(), 2, "keep_last 0 still keeps one");
+    }
+
+    #[test]
+    fn write_read_round_trip_and_prune() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = Tensor::from_slice(&[1.0f32, 2.0, 3.0]);
+        let mut meta = CheckpointMeta {
+            step: 10,
+            images_seen: 640,
+            wall_clock_s: 1.5,
+            model_kind: "gan".into(),
+            model_digest: "abc".into(),
+            seed: 3,
+        };
+        for step in [10, 20, 30] {
+            meta.step = step;
+            write(
+                dir.path(),
+                &meta,
+                &[("g.w".into(), t.shallow_clone())],
+                &[],
+                2,
+            )
+            .unwrap();
+        }
+        let last = latest(dir.path()).unwrap();
+        assert!(last.ends_with("ckpt-0000030"));
+        assert_eq!(read_meta(&last).unwrap().step, 30);
+        let m = read_tensors(&last, "model").unwrap();
+        assert!(m["g.w"].equal(&t));
+        let mut left = list(&dir_of(dir.path())).unwrap();
+        left.sort();
+        assert_eq!(
+            left,
+            vec!["ckpt-0000020".to_string(), "ckpt-0000030".to_string()]
+        );
+    }
+
+    #[test]
+    fn missing_checkpoint_is_a_clear_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = latest(dir.path()).unwrap_err().to_string();
+        assert!(e.contains("no checkpoint"), "{e}");
+    }
+
+    #[test]
+    fn load_var_store_reports_shape_mismatch() {
+        let vs = tch::nn::VarStore::new(tch::Device::Cpu);
+        let _ = vs.root().zeros("w", &[2]);
+        let mut m = HashMap::new();
+        m.insert(
+            "w".to_string(),
+            Tensor::zeros([3], (tch::Kind::Float, tch::Device::Cpu)),
+        );
+        let e = load_var_store(&vs, &m, "", Path::new("x"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("[3]") && e.contains("[2]"), "{e}");
+        let e = load_var_store(&vs, &HashMap::new(), "g.", Path::new("x"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("g.w"), "{e}");
+    }
+}

@@ -1,0 +1,497 @@
+//! The run configuration: one struct per TOML table, nested as ownership goes.
+//!
+//! ```toml
+//! [data]      # ca_data::DataConfig   (kind = "synthetic" | "folder" | "npy")
+//! [model]     # family = "gan" | "diffusion", then that family's network config
+//! [loss]      # one weight per loss term (0 skips the term's computation)
+//! [optim]     # learning rates, betas, schedule
+//! [train]     # batch, length, logging, checkpoints, seed
+//! [eval]      # evaluation sizes
+//! ```
+//! Every table denies unknown keys, so a typo is an error naming the key (with a "did you mean").
+//! The resolved config is written to `<run>/config.toml` before step 0 and re-read by every
+//! command that loads the run.
+
+use std::path::Path;
+
+use ca_data::DataConfig;
+use ca_models::diffusion::DiffusionModelConfig;
+use ca_models::gan::GanModelConfig;
+use serde::{Deserialize, Serialize};
+
+pub use crate::overrides::ConfigError;
+use crate::overrides::{apply_overrides, with_suggestion};
+
+/// A whole run: what `ca train --config FILE` reads.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunConfig {
+    /// The dataset (`[data]`).
+    #[serde(default)]
+    pub data: DataConfig,
+    /// The model family and its networks (`[model]`).
+    pub model: ModelConfig,
+    /// Loss weights (`[loss]`).
+    #[serde(default)]
+    pub loss: LossConfig,
+    /// Optimiser (`[optim]`).
+    #[serde(default)]
+    pub optim: OptimConfig,
+    /// Training loop (`[train]`).
+    #[serde(default)]
+    pub train: TrainConfig,
+    /// Evaluation (`[eval]`).
+    #[serde(default)]
+    pub eval: EvalConfig,
+}
+
+/// The model family, chosen by `family = "gan" | "diffusion"` in `[model]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "family", rename_all = "kebab-case")]
+pub enum ModelConfig {
+    /// CA-GAN (DESIGN.md 4.1).
+    Gan(GanModelConfig),
+    /// CA-diffusion (DESIGN.md 4.2).
+    Diffusion(DiffusionModelConfig),
+}
+
+impl ModelConfig {
+    /// `gan` or `diffusion`.
+    pub fn family(&self) -> &'static str {
+        match self {
+            ModelConfig::Gan(_) => "gan",
+            ModelConfig::Diffusion(_) => "diffusion",
+        }
+    }
+
+    /// Common and salient code sizes.
+    pub fn dims(&self) -> (i64, i64) {
+        match self {
+            ModelConfig::Gan(c) => (c.dz, c.ds),
+            ModelConfig::Diffusion(c) => (c.dz, c.ds),
+        }
+    }
+}
+
+/// The adversarial loss form.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum AdversarialKind {
+    /// Non-saturating logistic loss (Goodfellow et al. 2014); Double InfoGAN and StyleGAN2.
+    #[default]
+    Nonsaturating,
+    /// Hinge loss (Lim & Ye 2017).
+    Hinge,
+}
+
+/// Loss weights. A weight of 0 skips the term (it is not computed).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LossConfig {
+    /// GAN: weight of the adversarial term (D and G). Default 1.
+    pub adversarial: f64,
+    /// GAN: `nonsaturating` (default) or `hinge`.
+    pub adversarial_kind: AdversarialKind,
+    /// GAN: R1 penalty weight gamma (the penalty is gamma/2 * ||grad D(x)||^2 on real images).
+    /// Default 0.1 (StyleGAN2 uses 0.01-10 depending on resolution; small images want small gamma).
+    pub r1_gamma: f64,
+    /// GAN: lazy R1 — apply it every this many D steps, scaled by the interval (StyleGAN2: 16).
+    pub r1_every: u64,
+    /// Dataset classification (background vs target): D on real images and G on its fakes.
+    /// Default 1 (Double InfoGAN's class loss).
+    pub class: f64,
+    /// Info loss on the common code of fakes: L1 between sampled and predicted `z`. Default 1.
+    pub info_z: f64,
+    /// Info loss on the salient code of fakes: L1 between sampled and predicted `s`. Default 1.
+    pub info_s: f64,
+    /// Salient-zero: the predicted `s` of real background images is pushed to 0. Default 1.
+    pub salient_zero: f64,
+    /// Reconstruction of real images through `G(E(x))`, pixel L1. Default 1.
+    pub recon_pixel: f64,
+    /// Reconstruction: multi-scale discriminator-feature matching. Default 0 (on in ca-gan).
+    pub recon_features: f64,
+    /// Swap consistency: `G(z_bg, s_tgt)` judged target and encoding back to both codes;
+    /// `G(z_tgt, 0)` judged background. Default 0 (on in ca-gan).
+    pub swap: f64,
+    /// Common-code invariance: MMD between the `z` of background and target images. Default 0.
+    pub mmd: f64,
+    /// Common-code invariance: a dataset classifier on `z` trained through gradient reversal.
+    /// Default 0.
+    pub z_adversary: f64,
+    /// Diffusion: weight of the denoising loss. Default 1.
+    pub denoise: f64,
+    /// Use the background convention `s = 0` when decoding real background images. Default
+    /// true; the plain-autoencoder baseline sets it false (no dataset signal at all).
+    pub salient_masking: bool,
+}
+
+impl Default for LossConfig {
+    fn default() -> Self {
+        LossConfig {
+            adversarial: 1.0,
+            adversarial_kind: AdversarialKind::Nonsaturating,
+            r1_gamma: 0.1,
+            r1_every: 16,
+            class: 1.0,
+            info_z: 1.0,
+            info_s: 1.0,
+            salient_zero: 1.0,
+            recon_pixel: 1.0,
+            recon_features: 0.0,
+            swap: 0.0,
+            mmd: 0.0,
+            z_adversary: 0.0,
+            denoise: 1.0,
+            salient_masking: true,
+        }
+    }
+}
+
+/// The learning-rate schedule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum Schedule {
+    /// Constant after warm-up.
+    #[default]
+    Constant,
+    /// Cosine decay to 10% over `train.max_steps` after warm-up.
+    Cosine,
+}
+
+/// Optimiser settings (Adam for every network).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OptimConfig {
+    /// Generator (or UNet) learning rate. Default 2e-4 (Double InfoGAN).
+    pub lr_g: f64,
+    /// Discriminator learning rate. Default 2e-4 (Double InfoGAN).
+    pub lr_d: f64,
+    /// Separate encoder learning rate. Default 2e-4.
+    pub lr_e: f64,
+    /// Adam beta1. Default 0.5 (Double InfoGAN, DCGAN).
+    pub beta1: f64,
+    /// Adam beta2. Default 0.999.
+    pub beta2: f64,
+    /// Learning-rate schedule. Default constant.
+    pub schedule: Schedule,
+    /// Linear warm-up steps. Default 0.
+    pub warmup_steps: u64,
+    /// Clip the global gradient norm of each network (0 = off). Default 0.
+    pub grad_clip: f64,
+}
+
+impl Default for OptimConfig {
+    fn default() -> Self {
+        OptimConfig {
+            lr_g: 2e-4,
+            lr_d: 2e-4,
+            lr_e: 2e-4,
+            beta1: 0.5,
+            beta2: 0.999,
+            schedule: Schedule::Constant,
+            warmup_steps: 0,
+            grad_clip: 0.0,
+        }
+    }
+}
+
+impl OptimConfig {
+    /// The learning-rate multiplier at `step` (0-based) of `total` steps.
+    pub fn lr_factor(&self, step: u64, total: u64) -> f64 {
+        let warm = if self.warmup_steps > 0 && step < self.warmup_steps {
+            (step + 1) as f64 / self.warmup_steps as f64
+        } else {
+            1.0
+        };
+        let decay = match self.schedule {
+            Schedule::Constant => 1.0,
+            Schedule::Cosine => {
+                let span = total.saturating_sub(self.warmup_steps).max(1) as f64;
+                let t = (step.saturating_sub(self.warmup_steps) as f64 / span).min(1.0);
+                0.1 + 0.9 * 0.5 * (1.0 + (std::f64::consts::PI * t).cos())
+            }
+        };
+        warm * decay
+    }
+}
+
+/// The training loop.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrainConfig {
+    /// Images per step. Default 64.
+    pub batch_size: usize,
+    /// Steps to train (the learning-rate schedule spans them). Default 10,000.
+    pub max_steps: u64,
+    /// Stop cleanly (with a final checkpoint) after this many minutes (0 = no limit).
+    pub max_minutes: f64,
+    /// EMA half-life of the generator/encoder weights, in images seen. Default 10,000
+    /// (StyleGAN2 uses 10k images for small runs).
+    pub ema_half_life_images: f64,
+    /// Log the loss terms every this many steps (one host sync per log). Default 50.
+    pub log_every: u64,
+    /// Write a sample grid every this many steps (0 = only at the end). Default 1,000.
+    pub sample_every: u64,
+    /// Write a checkpoint every this many steps (0 = only at the end). Default 1,000.
+    pub checkpoint_every: u64,
+    /// Keep this many newest checkpoints. Default 2.
+    pub keep_last: usize,
+    /// Run seed (network init, latent draws, data order). Default 0.
+    pub seed: u64,
+    /// libtorch intra-op threads (0 = libtorch's default). Default 0.
+    pub threads: usize,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        TrainConfig {
+            batch_size: 64,
+            max_steps: 10_000,
+            max_minutes: 0.0,
+            ema_half_life_images: 10_000.0,
+            log_every: 50,
+            sample_every: 1_000,
+            checkpoint_every: 1_000,
+            keep_last: 2,
+            seed: 0,
+            threads: 0,
+        }
+    }
+}
+
+/// Evaluation settings used by `ca eval`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EvalConfig {
+    /// At most this many held-out images are evaluated. Default 2,000.
+    pub max_images: usize,
+    /// Cross-validation folds of the probes. Default 5.
+    pub folds: usize,
+    /// L2 strength of the logistic probes (sklearn's C = 1 / l2). Default 1.
+    pub l2: f64,
+    /// Batch size of encoding/decoding during evaluation. Default 100.
+    pub batch_size: usize,
+}
+
+impl Default for EvalConfig {
+    fn default() -> Self {
+        EvalConfig {
+            max_images: 2000,
+            folds: 5,
+            l2: 1.0,
+            batch_size: 100,
+        }
+    }
+}
+
+impl RunConfig {
+    /// Parse TOML text (with overrides applied first). `origin` names the file in errors.
+    pub fn from_toml(text: &str, origin: &str, sets: &[String]) -> Result<Self, ConfigError> {
+        let mut table: toml::Table =
+            text.parse()
+                .map_err(|e: toml::de::Error| ConfigError::Invalid {
+                    origin: origin.into(),
+                    msg: e.to_string(),
+                })?;
+        apply_overrides(&mut table, sets)?;
+        let cfg: RunConfig =
+            toml::Value::Table(table)
+                .try_into()
+                .map_err(|e: toml::de::Error| ConfigError::Invalid {
+                    origin: origin.into(),
+                    msg: with_suggestion(&e.to_string()),
+                })?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Read a TOML file with overrides.
+    pub fn load(path: &Path, sets: &[String]) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::from_toml(&text, &path.display().to_string(), sets)
+    }
+
+    /// The config as TOML text (what is saved in the run directory).
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).expect("config serialises")
+    }
+
+    /// Range checks of the keys owned by ca-train (data and model validate themselves when
+    /// opened/built).
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |key: &str, value: String, msg: &str| ConfigError::Value {
+            key: key.into(),
+            value,
+            msg: msg.into(),
+        };
+        let t = &self.train;
+        if t.batch_size < 2 {
+            return Err(bad(
+                "train.batch_size",
+                t.batch_size.to_string(),
+                "must be at least 2",
+            ));
+        }
+        if t.max_steps == 0 {
+            return Err(bad("train.max_steps", "0".into(), "must be at least 1"));
+        }
+        if t.max_minutes < 0.0 || !t.max_minutes.is_finite() {
+            return Err(bad(
+                "train.max_minutes",
+                t.max_minutes.to_string(),
+                "must be >= 0",
+            ));
+        }
+        if t.log_every == 0 {
+            return Err(bad("train.log_every", "0".into(), "must be at least 1"));
+        }
+        let o = &self.optim;
+        for (k, v) in [
+            ("optim.lr_g", o.lr_g),
+            ("optim.lr_d", o.lr_d),
+            ("optim.lr_e", o.lr_e),
+        ] {
+            if !(v > 0.0 && v < 1.0) {
+                return Err(bad(k, v.to_string(), "learning rates must be in (0, 1)"));
+            }
+        }
+        for (k, v) in [("optim.beta1", o.beta1), ("optim.beta2", o.beta2)] {
+            if !(0.0..1.0).contains(&v) {
+                return Err(bad(k, v.to_string(), "Adam betas must be in [0, 1)"));
+            }
+        }
+        let l = &self.loss;
+        for (k, v) in [
+            ("loss.adversarial", l.adversarial),
+            ("loss.r1_gamma", l.r1_gamma),
+            ("loss.class", l.class),
+            ("loss.info_z", l.info_z),
+            ("loss.info_s", l.info_s),
+            ("loss.salient_zero", l.salient_zero),
+            ("loss.recon_pixel", l.recon_pixel),
+            ("loss.recon_features", l.recon_features),
+            ("loss.swap", l.swap),
+            ("loss.mmd", l.mmd),
+            ("loss.z_adversary", l.z_adversary),
+            ("loss.denoise", l.denoise),
+        ] {
+            if !(v >= 0.0 && v.is_finite()) {
+                return Err(bad(
+                    k,
+                    v.to_string(),
+                    "loss weights must be finite and >= 0",
+                ));
+            }
+        }
+        if l.r1_every == 0 {
+            return Err(bad("loss.r1_every", "0".into(), "must be at least 1"));
+        }
+        if self.eval.folds < 2 {
+            return Err(bad(
+                "eval.folds",
+                self.eval.folds.to_string(),
+                "must be at least 2",
+            ));
+        }
+        let (dz, ds) = self.model.dims();
+        if dz < 1 || ds < 1 {
+            return Err(bad(
+                "model.dz / model.ds",
+                format!("{dz} / {ds}"),
+                "both must be >= 1",
+            ));
+        }
+        Ok(())
+    }
+
+    /// A short digest of the model section: checkpoints record it, and a run refuses to load a
+    /// checkpoint written under another model config.
+    pub fn model_digest(&self) -> String {
+        let text = toml::to_string(&self.model).expect("model config serialises");
+        // FNV-1a 64: stable across platforms and Rust versions.
+        let mut h: u64 = 0xcbf29ce484222325;
+        for b in text.bytes() {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x100000001b3);
+        }
+        format!("{h:016x}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = "[model]\nfamily = \"gan\"\n";
+
+    #[test]
+    fn minimal_config_uses_defaults() {
+        let c = RunConfig::from_toml(MINIMAL, "t.toml", &[]).unwrap();
+        assert_eq!(c.train.batch_size, 64);
+        assert_eq!(c.model.family(), "gan");
+        assert!(matches!(c.data, DataConfig::Synthetic(_)));
+    }
+
+    #[test]
+    fn typo_is_rejected_with_suggestion() {
+        let e = RunConfig::from_toml(
+            &format!("{MINIMAL}[train]\nbatch_sise = 3\n"),
+            "t.toml",
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("batch_sise") && e.contains("did you mean `batch_size`"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn overrides_are_typed() {
+        let c = RunConfig::from_toml(MINIMAL, "t.toml", &["train.batch_size=16".into()]).unwrap();
+        assert_eq!(c.train.batch_size, 16);
+        let e = RunConfig::from_toml(MINIMAL, "t.toml", &["train.batch_size=abc".into()])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("batch_size"), "{e}");
+    }
+
+    #[test]
+    fn out_of_range_values_name_the_key() {
+        let e = RunConfig::from_toml(MINIMAL, "t.toml", &["optim.lr_g=2".into()])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("optim.lr_g"), "{e}");
+        let e = RunConfig::from_toml(MINIMAL, "t.toml", &["loss.swap=-1".into()])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("loss.swap"), "{e}");
+    }
+
+    #[test]
+    fn round_trips_through_toml() {
+        let c = RunConfig::from_toml(MINIMAL, "t.toml", &[]).unwrap();
+        let back = RunConfig::from_toml(&c.to_toml(), "saved", &[]).unwrap();
+        assert_eq!(c, back);
+        assert_eq!(c.model_digest(), back.model_digest());
+    }
+
+    #[test]
+    fn cosine_schedule_endpoints() {
+        let o = OptimConfig {
+            schedule: Schedule::Cosine,
+            warmup_steps: 10,
+            ..Default::default()
+        };
+        assert!(
+            (o.lr_factor(0, 110) - 0.1).abs() < 1e-12,
+            "warm-up starts at 1/10"
+        );
+        assert!((o.lr_factor(10, 110) - 1.0).abs() < 1e-12);
+        assert!((o.lr_factor(110, 110) - 0.1).abs() < 1e-9);
+    }
+}

@@ -1,0 +1,682 @@
+//! The CA-GAN training step and the trained CA-GAN used for inference.
+//!
+//! One step is a discriminator update followed by a generator (and encoder) update, each
+//! loss term weighted from `[loss]` and skipped when its weight is 0:
+//!
+//! * **D step** — adversarial (real vs detached fakes), dataset class of real images, lazy R1.
+//!   When the discriminator's heads are the encoder (Double InfoGAN; no `[model.encoder]`),
+//!   it also carries the encoder terms: info loss on fakes, salient-zero on real background
+//!   images, pixel reconstruction of real images through `G` (gradient into the heads only),
+//!   MMD / dataset-adversary on the common codes.
+//! * **G step** — adversarial, dataset class of fakes, info loss on fakes (through `E` or the
+//!   frozen heads), reconstruction of real images (pixel L1 and multi-scale discriminator-feature
+//!   matching), swap consistency, and — with a separate encoder — salient-zero and common-code
+//!   invariance on `E`.
+//!
+//! Rows of a batch are ordered background first, then target (the loader tells the counts on
+//! the host), so swaps and per-group terms need no host sync. Loss values stay on the device
+//! until the trainer logs them.
+
+use ca_losses::{adversarial, info, invariance, reconstruction};
+use ca_models::gan::{self, Discriminator, Encoder, GanModelConfig, Generator};
+use ca_models::{CaCode, ImageGeometry};
+use tch::nn::{self, Module, VarStore};
+use tch::{Device, Kind, Tensor};
+
+use crate::adam::{Adam, AdamConfig};
+use crate::checkpoint::{self, CheckpointError};
+use crate::config::{AdversarialKind, LossConfig, OptimConfig};
+use crate::ema;
+use crate::model::CaModel;
+
+/// Errors of building or loading a GAN.
+#[derive(Debug, thiserror::Error)]
+pub enum GanError {
+    /// The model config is invalid.
+    #[error(transparent)]
+    Model(#[from] gan::ModelError),
+    /// A checkpoint could not be read.
+    #[error(transparent)]
+    Checkpoint(#[from] CheckpointError),
+    /// Autograd failure (R1).
+    #[error("R1 penalty: {0}")]
+    R1(String),
+}
+
+/// The networks of a CA-GAN run, each in its own `VarStore`.
+pub struct GanNets {
+    /// Generator weights.
+    pub g_vs: VarStore,
+    /// Generator.
+    pub g: Box<dyn Generator>,
+    /// EMA generator weights.
+    pub g_ema_vs: VarStore,
+    /// EMA generator (used for evaluation and inference).
+    pub g_ema: Box<dyn Generator>,
+    /// Discriminator weights.
+    pub d_vs: VarStore,
+    /// Discriminator (its z/s heads encode when there is no separate encoder).
+    pub d: Discriminator,
+    /// Separate encoder, live and EMA, with its var stores.
+    pub e: Option<EncoderPair>,
+    /// Dataset classifier on `z` (trained through gradient reversal), when `loss.z_adversary > 0`.
+    pub zc: Option<(VarStore, nn::Linear)>,
+    /// Code sizes.
+    pub dz: i64,
+    /// Salient code size.
+    pub ds: i64,
+    /// Image geometry.
+    pub geom: ImageGeometry,
+}
+
+/// A separate encoder and its EMA copy.
+pub struct EncoderPair {
+    /// Live weights.
+    pub vs: VarStore,
+    /// Live encoder.
+    pub net: Encoder,
+    /// EMA weights.
+    pub ema_vs: VarStore,
+    /// EMA encoder.
+    pub ema: Encoder,
+}
+
+impl GanNets {
+    /// Build all networks on `device` (weights drawn from libtorch's global RNG: seed it first).
+    pub fn build(
+        cfg: &GanModelConfig,
+        geom: ImageGeometry,
+        with_z_adversary: bool,
+        device: Device,
+    ) -> Result<Self, GanError> {
+        let g_vs = VarStore::new(device);
+        let g = gan::build_generator(&g_vs.root(), cfg, geom)?;
+        let g_ema_vs = VarStore::new(device);
+        let g_ema = gan::build_generator(&g_ema_vs.root(), cfg, geom)?;
+        ema::copy_all(&g_ema_vs, &g_vs).expect("same architecture");
+        let d_vs = VarStore::new(device);
+        let d = gan::build_discriminator(&d_vs.root(), cfg, geom)?;
+        let e = match &cfg.encoder {
+            None => None,
+            Some(_) => {
+                let vs = VarStore::new(device);
+                let net = gan::build_encoder(&vs.root(), cfg, geom)?.expect("encoder configured");
+                let ema_vs = VarStore::new(device);
+                let ema =
+                    gan::build_encoder(&ema_vs.root(), cfg, geom)?.expect("encoder configured");
+                ema::copy_all(&ema_vs, &vs).expect("same architecture");
+                Some(EncoderPair {
+                    vs,
+                    net,
+                    ema_vs,
+                    ema,
+                })
+            }
+        };
+        let zc = with_z_adversary.then(|| {
+            let vs = VarStore::new(device);
+            let lin = nn::linear(vs.root() / "z_adversary", cfg.dz, 1, Default::default());
+            (vs, lin)
+        });
+        Ok(GanNets {
+            g_vs,
+            g,
+            g_ema_vs,
+            g_ema,
+            d_vs,
+            d,
+            e,
+            zc,
+            dz: cfg.dz,
+            ds: cfg.ds,
+            geom,
+        })
+    }
+
+    /// Encode with the live encoder (separate encoder, or the discriminator's heads).
+    fn encode_live(&self, x: &Tensor) -> CaCode {
+        match &self.e {
+            Some(e) => e.net.forward_t(x, true),
+            None => self.d.encode(x),
+        }
+    }
+
+    /// Named tensors for inference (`model.safetensors`): the EMA generator, and the EMA encoder
+    /// or the discriminator.
+    pub fn model_tensors(&self) -> Vec<(String, Tensor)> {
+        let mut v = checkpoint::named(&self.g_ema_vs, "g.");
+        match &self.e {
+            Some(e) => v.extend(checkpoint::named(&e.ema_vs, "e.")),
+            None => v.extend(checkpoint::named(&self.d_vs, "d.")),
+        }
+        v
+    }
+
+    /// All network weights for resuming (`state.safetensors`, without optimiser moments).
+    pub fn state_tensors(&self) -> Vec<(String, Tensor)> {
+        let mut v = checkpoint::named(&self.g_vs, "g.");
+        v.extend(checkpoint::named(&self.g_ema_vs, "g_ema."));
+        v.extend(checkpoint::named(&self.d_vs, "d."));
+        if let Some(e) = &self.e {
+            v.extend(checkpoint::named(&e.vs, "e."));
+            v.extend(checkpoint::named(&e.ema_vs, "e_ema."));
+        }
+        if let Some((vs, _)) = &self.zc {
+            v.extend(checkpoint::named(vs, "zc."));
+        }
+        v
+    }
+
+    /// Restore from `state.safetensors` tensors.
+    pub fn load_state(
+        &self,
+        t: &std::collections::HashMap<String, Tensor>,
+        file: &std::path::Path,
+    ) -> Result<(), CheckpointError> {
+        checkpoint::load_var_store(&self.g_vs, t, "g.", file)?;
+        checkpoint::load_var_store(&self.g_ema_vs, t, "g_ema.", file)?;
+        checkpoint::load_var_store(&self.d_vs, t, "d.", file)?;
+        if let Some(e) = &self.e {
+            checkpoint::load_var_store(&e.vs, t, "e.", file)?;
+            checkpoint::load_var_store(&e.ema_vs, t, "e_ema.", file)?;
+        }
+        if let Some((vs, _)) = &self.zc {
+            checkpoint::load_var_store(vs, t, "zc.", file)?;
+        }
+        Ok(())
+    }
+}
+
+/// Mean of a per-sample loss over the rows where `weight` (0/1, `[B]`) is 1 (0 when none).
+fn masked_mean(per_sample: &Tensor, weight: &Tensor) -> Tensor {
+    (per_sample * weight).sum(Kind::Float) / weight.sum(Kind::Float).clamp_min(1.0)
+}
+
+/// The GAN training step: networks, optimisers, loss weights.
+pub struct GanStep {
+    /// The networks.
+    pub nets: GanNets,
+    /// Generator optimiser.
+    pub opt_g: Adam,
+    /// Discriminator optimiser (also the z-adversary when the discriminator encodes).
+    pub opt_d: Adam,
+    /// Encoder optimiser (encoder + z-adversary) when a separate encoder exists.
+    pub opt_e: Option<Adam>,
+    opt_zc: Option<Adam>,
+    loss: LossConfig,
+    base_lr: (f64, f64, f64),
+}
+
+/// Named loss values of one step (0-d tensors on the device, detached).
+pub type StepStats = Vec<(&'static str, Tensor)>;
+
+impl GanStep {
+    /// Optimisers over the networks, from `[optim]`.
+    pub fn new(nets: GanNets, loss: &LossConfig, optim: &OptimConfig) -> Self {
+        let cfg = |lr| AdamConfig {
+            lr,
+            beta1: optim.beta1,
+            beta2: optim.beta2,
+            eps: 1e-8,
+            weight_decay: 0.0,
+        };
+        let opt_g = Adam::for_var_store(&nets.g_vs, cfg(optim.lr_g));
+        let opt_d = Adam::for_var_store(&nets.d_vs, cfg(optim.lr_d));
+        let opt_e = nets
+            .e
+            .as_ref()
+            .map(|e| Adam::for_var_store(&e.vs, cfg(optim.lr_e)));
+        let opt_zc = nets
+            .zc
+            .as_ref()
+            .map(|(vs, _)| Adam::for_var_store(vs, cfg(optim.lr_d)));
+        GanStep {
+            nets,
+            opt_g,
+            opt_d,
+            opt_e,
+            opt_zc,
+            loss: loss.clone(),
+            base_lr: (optim.lr_g, optim.lr_d, optim.lr_e),
+        }
+    }
+
+    /// Scale all learning rates by `factor` (the schedule).
+    pub fn set_lr_factor(&mut self, factor: f64) {
+        self.opt_g.config.lr = self.base_lr.0 * factor;
+        self.opt_d.config.lr = self.base_lr.1 * factor;
+        if let Some(o) = &mut self.opt_zc {
+            o.config.lr = self.base_lr.1 * factor;
+        }
+        if let Some(o) = &mut self.opt_e {
+            o.config.lr = self.base_lr.2 * factor;
+        }
+    }
+
+    fn masked(&self, code: &CaCode, is_target: &Tensor) -> CaCode {
+        if self.loss.salient_masking {
+            code.masked_by_group(is_target)
+        } else {
+            code.shallow_clone()
+        }
+    }
+
+    fn sample_code(&self, is_target: &Tensor) -> CaCode {
+        let b = is_target.size()[0];
+        let dev = is_target.device();
+        let z = Tensor::randn([b, self.nets.dz], (Kind::Float, dev));
+        let s = Tensor::randn([b, self.nets.ds], (Kind::Float, dev));
+        CaCode::new(z, s).masked_by_group(is_target)
+    }
+
+    /// One D step and one G step on real images `x` (`[B, C, H, W]` in [-1, 1]) whose first
+    /// `n_bg` rows are background and the rest target. `step` is the 0-based step index (lazy
+    /// R1 schedule).
+    pub fn step(&mut self, x: &Tensor, n_bg: i64, step: u64) -> Result<StepStats, GanError> {
+        let b = x.size()[0];
+        let dev = x.device();
+        let n_t = b - n_bg;
+        let is_target = Tensor::cat(
+            &[
+                Tensor::zeros([n_bg], (Kind::Float, dev)),
+                Tensor::ones([n_t], (Kind::Float, dev)),
+            ],
+            0,
+        );
+        let is_bg = 1.0 - &is_target;
+        let mut stats: StepStats = Vec::new();
+        let l = self.loss.clone();
+        let heads_encode = self.nets.e.is_none();
+
+        // ---------------- D step ----------------
+        self.opt_d.zero_grad();
+        if let Some(o) = &mut self.opt_zc {
+            o.zero_grad();
+        }
+        let code_f = self.sample_code(&is_target);
+        let x_f = tch::no_grad(|| self.nets.g.forward_t(&code_f, true));
+        let r1_now = l.r1_gamma > 0.0 && step.is_multiple_of(l.r1_every);
+        let x_r = if r1_now {
+            x.detach().set_requires_grad(true)
+        } else {
+            x.shallow_clone()
+        };
+        let out_r = self.nets.d.forward_t(&x_r, true);
+        let out_f = self.nets.d.forward_t(&x_f, true);
+        let mut loss_d = Tensor::zeros([], (Kind::Float, dev));
+        if l.adversarial > 0.0 {
+            let t = match l.adversarial_kind {
+                AdversarialKind::Nonsaturating => {
+                    adversarial::d_nonsaturating(&out_r.adv, &out_f.adv)
+                }
+                AdversarialKind::Hinge => adversarial::d_hinge(&out_r.adv, &out_f.adv),
+            }
+            .mean(Kind::Float);
+            loss_d = loss_d + &t * l.adversarial;
+            stats.push(("d_adv", t.detach()));
+        }
+        if l.class > 0.0 {
+            let t = info::class_bce(&out_r.dataset, &is_target).mean(Kind::Float);
+            loss_d = loss_d + &t * l.class;
+            stats.push(("d_class", t.detach()));
+        }
+        if heads_encode {
+            loss_d = loss_d
+                + self.encoder_terms(
+                    &out_r.code(),
+                    &out_f.code(),
+                    &code_f,
+                    x,
+                    &is_target,
+                    &is_bg,
+                    n_bg,
+                    &mut stats,
+                    true,
+                );
+        }
+        if r1_now {
+            let r1 = adversarial::r1_penalty(&out_r.adv, &x_r)
+                .map_err(|e| GanError::R1(e.to_string()))?
+                .mean(Kind::Float);
+            loss_d = loss_d + &r1 * (l.r1_gamma * 0.5 * l.r1_every as f64);
+            stats.push(("r1", r1.detach()));
+        }
+        loss_d.backward();
+        self.opt_d.step();
+        if heads_encode && let Some(o) = &mut self.opt_zc {
+            o.step();
+        }
+
+        // ---------------- G (+E) step ----------------
+        self.opt_g.zero_grad();
+        if let Some(o) = &mut self.opt_e {
+            o.zero_grad();
+        }
+        if let Some(o) = &mut self.opt_zc {
+            o.zero_grad();
+        }
+        let code_f = self.sample_code(&is_target);
+        let x_f = self.nets.g.forward_t(&code_f, true);
+        let out_f = self.nets.d.forward_t(&x_f, true);
+        let mut loss_g = Tensor::zeros([], (Kind::Float, dev));
+        if l.adversarial > 0.0 {
+            let t = match l.adversarial_kind {
+                AdversarialKind::Nonsaturating => adversarial::g_nonsaturating(&out_f.adv),
+                AdversarialKind::Hinge => adversarial::g_hinge(&out_f.adv),
+            }
+            .mean(Kind::Float);
+            loss_g = loss_g + &t * l.adversarial;
+            stats.push(("g_adv", t.detach()));
+        }
+        if l.class > 0.0 {
+            let t = info::class_bce(&out_f.dataset, &is_target).mean(Kind::Float);
+            loss_g = loss_g + &t * l.class;
+            stats.push(("g_class", t.detach()));
+        }
+        // Codes of real images: through E (trained here) or the discriminator heads (frozen here).
+        let real_code = if heads_encode {
+            tch::no_grad(|| self.nets.d.encode(x))
+        } else {
+            self.nets.encode_live(x)
+        };
+        if heads_encode {
+            // Info loss through the (frozen) heads trains G to make codes readable.
+            if l.info_z > 0.0 || l.info_s > 0.0 {
+                let t = info::info_l1(&out_f.z, &code_f.z).mean(Kind::Float) * l.info_z
+                    + info::info_l1(&out_f.s, &code_f.s).mean(Kind::Float) * l.info_s;
+                loss_g = loss_g + &t;
+                stats.push(("g_info", t.detach()));
+            }
+        } else {
+            let enc_f = self.nets.encode_live(&x_f);
+            loss_g = loss_g
+                + self.encoder_terms(
+                    &real_code, &enc_f, &code_f, x, &is_target, &is_bg, n_bg, &mut stats, false,
+                );
+        }
+        if l.recon_pixel > 0.0 || l.recon_features > 0.0 {
+            let code_r = self.masked(&real_code, &is_target);
+            let x_rec = self.nets.g.forward_t(&code_r, true);
+            if l.recon_pixel > 0.0 {
+                let t = reconstruction::pixel_l1(&x_rec, x).mean(Kind::Float);
+                loss_g = loss_g + &t * l.recon_pixel;
+                stats.push(("recon_pixel", t.detach()));
+            }
+            if l.recon_features > 0.0 {
+                let feats_real: Vec<Tensor> =
+                    tch::no_grad(|| self.nets.d.forward_t(x, true).features);
+                let feats_rec = self.nets.d.forward_t(&x_rec, true).features;
+                let t = reconstruction::feature_matching(&feats_real, &feats_rec).mean(Kind::Float);
+                loss_g = loss_g + &t * l.recon_features;
+                stats.push(("recon_features", t.detach()));
+            }
+        }
+        let k = n_bg.min(n_t);
+        if l.swap > 0.0 && k > 0 {
+            let rc = real_code.detach();
+            let z_bg = rc.z.narrow(0, 0, k);
+            let z_t = rc.z.narrow(0, n_bg, k);
+            let s_t = rc.s.narrow(0, n_bg, k);
+            let to_target = CaCode::with_salient(z_bg, s_t);
+            let to_bg = CaCode::background(z_t, self.nets.ds);
+            let codes = CaCode::cat(&[&to_target, &to_bg]);
+            let x_sw = self.nets.g.forward_t(&codes, true);
+            let out_sw = self.nets.d.forward_t(&x_sw, true);
+            let pred = if heads_encode {
+                out_sw.code()
+            } else {
+                self.nets.encode_live(&x_sw)
+            };
+            let expected = Tensor::cat(
+                &[
+                    Tensor::ones([k], (Kind::Float, dev)),
+                    Tensor::zeros([k], (Kind::Float, dev)),
+                ],
+                0,
+            );
+            let t = info::swap_consistency(
+                &out_sw.dataset,
+                &pred.z,
+                &pred.s,
+                &codes.z,
+                &codes.s,
+                &expected,
+            )
+            .total()
+            .mean(Kind::Float);
+            loss_g = loss_g + &t * l.swap;
+            stats.push(("swap", t.detach()));
+        }
+        loss_g.backward();
+        self.opt_g.step();
+        if let Some(o) = &mut self.opt_e {
+            o.step();
+        }
+        if !heads_encode && let Some(o) = &mut self.opt_zc {
+            o.step();
+        }
+        stats.push(("loss_d", loss_d.detach()));
+        stats.push(("loss_g", loss_g.detach()));
+        Ok(stats)
+    }
+
+    /// The encoder's terms: info on fakes, salient-zero on real background images, (D-heads
+    /// only) pixel reconstruction through `G`, and common-code invariance.
+    #[allow(clippy::too_many_arguments)]
+    fn encoder_terms(
+        &self,
+        real: &CaCode,
+        fake_pred: &CaCode,
+        fake_code: &CaCode,
+        x: &Tensor,
+        is_target: &Tensor,
+        is_bg: &Tensor,
+        n_bg: i64,
+        stats: &mut StepStats,
+        in_d_step: bool,
+    ) -> Tensor {
+        let l = &self.loss;
+        let dev = x.device();
+        let mut loss = Tensor::zeros([], (Kind::Float, dev));
+        if l.info_z > 0.0 || l.info_s > 0.0 {
+            let t = info::info_l1(&fake_pred.z, &fake_code.z).mean(Kind::Float) * l.info_z
+                + info::info_l1(&fake_pred.s, &fake_code.s).mean(Kind::Float) * l.info_s;
+            loss = loss + &t;
+            stats.push(("e_info", t.detach()));
+        }
+        if l.salient_zero > 0.0 && l.salient_masking {
+            let t = masked_mean(&info::salient_zero(&real.s), is_bg);
+            loss = loss + &t * l.salient_zero;
+            stats.push(("salient_zero", t.detach()));
+        }
+        if in_d_step && l.recon_pixel > 0.0 {
+            // Gradient reaches the heads through G; G's own gradient is discarded (zeroed
+            // before the G step).
+            let code_r = self.masked(real, is_target);
+            let x_rec = self.nets.g.forward_t(&code_r, true);
+            let t = reconstruction::pixel_l1(&x_rec, x).mean(Kind::Float);
+            loss = loss + &t * l.recon_pixel;
+            stats.push(("e_recon", t.detach()));
+        }
+        let b = x.size()[0];
+        let n_t = b - n_bg;
+        if l.mmd > 0.0 && n_bg >= 2 && n_t >= 2 {
+            let t = invariance::mmd_rbf(
+                &real.z.narrow(0, 0, n_bg),
+                &real.z.narrow(0, n_bg, n_t),
+                &[0.5, 1.0, 2.0, 4.0, 8.0],
+            );
+            loss = loss + &t * l.mmd;
+            stats.push(("mmd", t.detach()));
+        }
+        if l.z_adversary > 0.0
+            && let Some((_, lin)) = &self.nets.zc
+        {
+            let logits = lin
+                .forward(&invariance::gradient_reversal(&real.z, 1.0))
+                .squeeze_dim(1);
+            let t = info::class_bce(&logits, is_target).mean(Kind::Float);
+            loss = loss + &t * l.z_adversary;
+            stats.push(("z_adversary", t.detach()));
+        }
+        loss
+    }
+
+    /// EMA update of the generator (and encoder) towards the live weights.
+    pub fn update_ema(&self, decay: f64) {
+        ema::update(&self.nets.g_ema_vs, &self.nets.g_vs, decay).expect("same architecture");
+        if let Some(e) = &self.nets.e {
+            ema::update(&e.ema_vs, &e.vs, decay).expect("same architecture");
+        }
+    }
+
+    /// Optimiser states for the checkpoint.
+    pub fn optimizer_tensors(&self) -> Vec<(String, Tensor)> {
+        let mut v: Vec<(String, Tensor)> = Vec::new();
+        let mut add = |prefix: &str, o: &Adam| {
+            v.extend(
+                o.state()
+                    .into_iter()
+                    .map(|(n, t)| (format!("{prefix}{n}"), t)),
+            );
+        };
+        add("opt_g.", &self.opt_g);
+        add("opt_d.", &self.opt_d);
+        if let Some(o) = &self.opt_e {
+            add("opt_e.", o);
+        }
+        if let Some(o) = &self.opt_zc {
+            add("opt_zc.", o);
+        }
+        v
+    }
+
+    /// Restore optimiser states.
+    pub fn load_optimizers(
+        &mut self,
+        t: &std::collections::HashMap<String, Tensor>,
+        file: &std::path::Path,
+    ) -> Result<(), CheckpointError> {
+        let sub = |prefix: &str| -> std::collections::HashMap<String, Tensor> {
+            t.iter()
+                .filter_map(|(k, v)| {
+                    k.strip_prefix(prefix)
+                        .map(|r| (r.to_string(), v.shallow_clone()))
+                })
+                .collect()
+        };
+        let err = |msg: String| CheckpointError::Meta {
+            path: file.to_path_buf(),
+            msg,
+        };
+        self.opt_g.load_state(&sub("opt_g.")).map_err(err)?;
+        self.opt_d.load_state(&sub("opt_d.")).map_err(err)?;
+        if let Some(o) = &mut self.opt_e {
+            o.load_state(&sub("opt_e.")).map_err(err)?;
+        }
+        if let Some(o) = &mut self.opt_zc {
+            o.load_state(&sub("opt_zc.")).map_err(err)?;
+        }
+        Ok(())
+    }
+}
+
+/// A trained CA-GAN for inference: EMA generator and the encoder (EMA encoder or the
+/// discriminator's heads).
+pub struct GanModel {
+    g_vs: VarStore,
+    g: Box<dyn Generator>,
+    enc: GanEncoder,
+    dz: i64,
+    ds: i64,
+    geom: ImageGeometry,
+}
+
+/// The encoder of a trained GAN, with the var store that owns its weights (kept alive).
+enum GanEncoder {
+    Separate(#[allow(dead_code)] VarStore, Encoder),
+    Heads(#[allow(dead_code)] VarStore, Discriminator),
+}
+
+impl GanModel {
+    /// Build the inference networks and fill them from `model.safetensors` tensors.
+    pub fn load(
+        cfg: &GanModelConfig,
+        geom: ImageGeometry,
+        tensors: &std::collections::HashMap<String, Tensor>,
+        file: &std::path::Path,
+        device: Device,
+    ) -> Result<Self, GanError> {
+        let g_vs = VarStore::new(device);
+        let g = gan::build_generator(&g_vs.root(), cfg, geom)?;
+        checkpoint::load_var_store(&g_vs, tensors, "g.", file)?;
+        let enc_vs = VarStore::new(device);
+        let enc = match gan::build_encoder(&enc_vs.root(), cfg, geom)? {
+            Some(e) => {
+                checkpoint::load_var_store(&enc_vs, tensors, "e.", file)?;
+                GanEncoder::Separate(enc_vs, e)
+            }
+            None => {
+                let d = gan::build_discriminator(&enc_vs.root(), cfg, geom)?;
+                checkpoint::load_var_store(&enc_vs, tensors, "d.", file)?;
+                GanEncoder::Heads(enc_vs, d)
+            }
+        };
+        Ok(GanModel {
+            g_vs,
+            g,
+            enc,
+            dz: cfg.dz,
+            ds: cfg.ds,
+            geom,
+        })
+    }
+}
+
+impl CaModel for GanModel {
+    fn family(&self) -> &'static str {
+        "gan"
+    }
+    fn geometry(&self) -> ImageGeometry {
+        self.geom
+    }
+    fn device(&self) -> Device {
+        self.g_vs.device()
+    }
+    fn dz(&self) -> i64 {
+        self.dz
+    }
+    fn ds(&self) -> i64 {
+        self.ds
+    }
+    fn encode(&self, x: &Tensor) -> CaCode {
+        let _g = tch::no_grad_guard();
+        match &self.enc {
+            GanEncoder::Separate(_, e) => e.forward_t(x, false),
+            GanEncoder::Heads(_, d) => d.encode(x),
+        }
+    }
+    fn decode(&self, code: &CaCode, _seed: u64) -> Tensor {
+        let _g = tch::no_grad_guard();
+        self.g.forward_t(code, false)
+    }
+    fn edit(&self, _x: &Tensor, _own: &CaCode, new: &CaCode) -> Tensor {
+        self.decode(new, 0)
+    }
+    fn sample_codes(&self, n: i64, target: bool, seed: u64) -> CaCode {
+        let dev = self.device();
+        let mut gen_seed = seed;
+        let mut next = || {
+            gen_seed = gen_seed.wrapping_add(0x9e3779b97f4a7c15);
+            gen_seed
+        };
+        tch::manual_seed(next() as i64);
+        let z = Tensor::randn([n, self.dz], (Kind::Float, dev));
+        if target {
+            let s = Tensor::randn([n, self.ds], (Kind::Float, dev));
+            CaCode::with_salient(z, s)
+        } else {
+            CaCode::background(z, self.ds)
+        }
+    }
+}

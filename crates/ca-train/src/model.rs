@@ -1,0 +1,84 @@
+//! [`CaModel`]: what every trained CA model offers, whatever its family. `ca encode`,
+//! `generate`, `swap`, `counterfactual`, `traverse` and `eval` speak only this trait, so a
+//! diffusion run and a GAN run are used the same way.
+//!
+//! Images are float `[B, C, H, W]` in `[-1, 1]` on the model's device.
+
+use ca_models::{CaCode, ImageGeometry};
+use tch::{Device, Tensor};
+
+/// A trained contrastive-analysis model, ready for inference (EMA weights, eval mode).
+pub trait CaModel {
+    /// Family name (`gan`, `diffusion`).
+    fn family(&self) -> &'static str;
+    /// Image geometry.
+    fn geometry(&self) -> ImageGeometry;
+    /// Device of the networks.
+    fn device(&self) -> Device;
+    /// Common code size.
+    fn dz(&self) -> i64;
+    /// Salient code size.
+    fn ds(&self) -> i64;
+    /// Encode images to their `(z, s)` codes (raw: `s` is whatever the encoder predicts, also
+    /// for background images).
+    fn encode(&self, x: &Tensor) -> CaCode;
+    /// Decode codes to new images (the stochastic part, if any, drawn from `seed`).
+    fn decode(&self, code: &CaCode, seed: u64) -> Tensor;
+    /// Re-render the images `x`, whose codes are `own`, with the codes `new` — keeping what the
+    /// codes do not describe where the model can (diffusion: DDIM inversion of `x` under `own`,
+    /// then decoding under `new`; GAN: decoding `new`).
+    fn edit(&self, x: &Tensor, own: &CaCode, new: &CaCode) -> Tensor;
+    /// Draw new codes: background codes (`s = 0`) when `target` is false.
+    fn sample_codes(&self, n: i64, target: bool, seed: u64) -> CaCode;
+}
+
+/// The codes used to reconstruct images of known groups: `s := 0` for background rows
+/// (`is_target` is `[B]`, 0/1).
+pub fn group_code(code: &CaCode, is_target: &Tensor) -> CaCode {
+    code.masked_by_group(is_target)
+}
+
+/// Reconstruct images of known groups.
+pub fn reconstruct(m: &dyn CaModel, x: &Tensor, is_target: &Tensor) -> Tensor {
+    let own = m.encode(x);
+    let c = group_code(&own, is_target);
+    m.edit(x, &c, &c)
+}
+
+/// Background counterpart: the same images with their salient factors removed (`s := 0`).
+pub fn counterpart(m: &dyn CaModel, x: &Tensor) -> Tensor {
+    let own = m.encode(x);
+    m.edit(x, &own, &own.without_salient())
+}
+
+/// Salient transfer: the images `x_bg` with the salient factors of `x_tgt` (row by row).
+pub fn swap(m: &dyn CaModel, x_bg: &Tensor, x_tgt: &Tensor) -> Tensor {
+    let own = m.encode(x_bg);
+    let donor = m.encode(x_tgt);
+    let own_bg = own.without_salient();
+    let new = CaCode::with_salient(own.z.shallow_clone(), donor.s);
+    m.edit(x_bg, &own_bg, &new)
+}
+
+/// Saliency map: per-pixel `|x - counterpart(x)|` averaged over channels, in `[0, 1]`
+/// (`[B, 1, H, W]`).
+pub fn saliency(x: &Tensor, cf: &Tensor) -> Tensor {
+    ((x - cf)
+        .abs()
+        .mean_dim(Some([1i64].as_slice()), true, tch::Kind::Float)
+        / 2.0)
+        .clamp(0.0, 1.0)
+}
+
+/// Run `f` over `x` in chunks of `batch` rows and concatenate the results (bounded memory).
+pub fn batched(x: &Tensor, batch: i64, mut f: impl FnMut(&Tensor) -> Tensor) -> Tensor {
+    let n = x.size()[0];
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < n {
+        let len = batch.min(n - i);
+        out.push(f(&x.narrow(0, i, len)));
+        i += len;
+    }
+    Tensor::cat(&out, 0)
+}
