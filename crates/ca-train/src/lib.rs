@@ -4,4 +4,13 @@
 //! `ca-cli` (the `ca` binary).
 #![warn(missing_docs)]
 
+pub mod adam;
+pub mod checkpoint;
+pub mod config;
+pub mod ema;
+pub mod gan;
+pub mod images;
 pub mod metrics;
+pub mod model;
+pub mod overrides;
+pub mod run;

@@ -96,7 +96,7 @@ pub fn with_suggestion(msg: &str) -> String {
     };
     let expected: Vec<&str> = rest
         .split('`')
-        .skip(1)
+        .skip(2)
         .step_by(2)
         .filter(|s| !s.is_empty())
         .collect();
