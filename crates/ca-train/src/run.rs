@@ -121,6 +121,88 @@ pub struct RunSummary {
     pub stopped_because: String,
 }
 
+/// One model family's training step, as the loop sees it. `GanStep` implements it; the
+/// diffusion family plugs in the same way.
+pub trait TrainStep {
+    /// One optimisation step on real images `x` (`[B, C, H, W]` in [-1, 1], background rows
+    /// first: `n_bg` of them). `step` is the 0-based step index.
+    fn train_step(&mut self, x: &Tensor, n_bg: i64, step: u64) -> Result<StepStats, TrainError>;
+    /// Scale the learning rates by `factor` (the schedule).
+    fn set_lr_factor(&mut self, factor: f64);
+    /// Move the EMA weights towards the live ones.
+    fn update_ema(&self, decay: f64);
+    /// Tensors for inference (`model.safetensors`).
+    fn model_tensors(&self) -> Vec<(String, Tensor)>;
+    /// Everything needed to resume (`state.safetensors`): networks and optimiser moments.
+    fn state_tensors(&self) -> Vec<(String, Tensor)>;
+    /// Restore from `state.safetensors` tensors.
+    fn load_state(
+        &mut self,
+        tensors: &HashMap<String, Tensor>,
+        file: &Path,
+    ) -> Result<(), CheckpointError>;
+    /// Images decoded from fixed codes by the EMA networks, for the sample grids.
+    fn samples(&self, codes: &CaCode) -> Tensor;
+    /// A parameter summary printed at the start of a run.
+    fn summary(&self) -> String;
+}
+
+impl TrainStep for GanStep {
+    fn train_step(&mut self, x: &Tensor, n_bg: i64, step: u64) -> Result<StepStats, TrainError> {
+        Ok(self.step(x, n_bg, step)?)
+    }
+    fn set_lr_factor(&mut self, factor: f64) {
+        GanStep::set_lr_factor(self, factor)
+    }
+    fn update_ema(&self, decay: f64) {
+        GanStep::update_ema(self, decay)
+    }
+    fn model_tensors(&self) -> Vec<(String, Tensor)> {
+        self.nets.model_tensors()
+    }
+    fn state_tensors(&self) -> Vec<(String, Tensor)> {
+        let mut v = self.nets.state_tensors();
+        v.extend(self.optimizer_tensors());
+        v
+    }
+    fn load_state(
+        &mut self,
+        tensors: &HashMap<String, Tensor>,
+        file: &Path,
+    ) -> Result<(), CheckpointError> {
+        self.nets.load_state(tensors, file)?;
+        self.load_optimizers(tensors, file)
+    }
+    fn samples(&self, codes: &CaCode) -> Tensor {
+        tch::no_grad(|| self.nets.g_ema.forward_t(codes, false))
+    }
+    fn summary(&self) -> String {
+        format!(
+            "generator:\n{}discriminator:\n{}",
+            ca_models::gan::summary(&self.nets.g_vs),
+            ca_models::gan::summary(&self.nets.d_vs)
+        )
+    }
+}
+
+/// Build the training step of the configured model family (weights drawn after seeding).
+pub fn build_step(
+    cfg: &RunConfig,
+    geom: ImageGeometry,
+    device: Device,
+) -> Result<Box<dyn TrainStep>, TrainError> {
+    tch::manual_seed(mix(cfg.train.seed) as i64);
+    match &cfg.model {
+        ModelConfig::Gan(g) => {
+            let nets = GanNets::build(g, geom, cfg.loss.z_adversary > 0.0, device)?;
+            Ok(Box::new(GanStep::new(nets, &cfg.loss, &cfg.optim)))
+        }
+        ModelConfig::Diffusion(_) => Err(TrainError::Unsupported(
+            "diffusion training is not built yet (issue #6)".into(),
+        )),
+    }
+}
+
 /// A stop request shared with signal handlers: the loop finishes its step, writes a checkpoint
 /// and returns.
 pub fn stop_flag() -> Arc<AtomicBool> {
@@ -321,7 +403,7 @@ impl Logger {
 
 /// Fixed codes for sample grids: 8 common codes, each shown as background (s = 0) and with
 /// 3 salient codes.
-fn fixed_grid_codes(dz: i64, ds: i64, seed: u64, device: Device) -> CaCode {
+pub fn fixed_grid_codes(dz: i64, ds: i64, seed: u64, device: Device) -> CaCode {
     tch::manual_seed(mix(seed ^ 0xF1ED) as i64);
     let z = Tensor::randn([8, dz], (Kind::Float, device));
     let s = Tensor::randn([3, ds], (Kind::Float, device));
@@ -354,14 +436,7 @@ pub fn train(
 
     let mut start_step = 0u64;
     let mut wall_before = 0.0;
-    let ModelConfig::Gan(gcfg) = &cfg.model else {
-        return Err(TrainError::Unsupported(
-            "diffusion training is not built yet (issue #6)".into(),
-        ));
-    };
-    tch::manual_seed(mix(cfg.train.seed) as i64);
-    let nets = GanNets::build(gcfg, geom, cfg.loss.z_adversary > 0.0, opts.device)?;
-    let mut step_fn = GanStep::new(nets, &cfg.loss, &cfg.optim);
+    let mut step_fn = build_step(cfg, geom, opts.device)?;
 
     if opts.resume {
         let ck = checkpoint::latest(&run_dir)?;
@@ -382,9 +457,7 @@ pub fn train(
             .into());
         }
         let state = checkpoint::read_tensors(&ck, "state")?;
-        let file = ck.join("state.safetensors");
-        step_fn.nets.load_state(&state, &file)?;
-        step_fn.load_optimizers(&state, &file)?;
+        step_fn.load_state(&state, &ck.join("state.safetensors"))?;
         start_step = meta.step;
         wall_before = meta.wall_clock_s;
         progress.message(&format!(
@@ -395,10 +468,9 @@ pub fn train(
     } else {
         prepare_run_dir(&run_dir, cfg)?;
         progress.message(&format!(
-            "run directory {}\ngenerator:\n{}discriminator:\n{}",
+            "run directory {}\n{}",
             run_dir.display(),
-            ca_models::gan::summary(&step_fn.nets.g_vs),
-            ca_models::gan::summary(&step_fn.nets.d_vs)
+            step_fn.summary()
         ));
     }
 
@@ -420,25 +492,24 @@ pub fn train(
     let total = cfg.train.max_steps;
     let mut step = start_step;
     let mut reason = "reached train.max_steps".to_string();
-    let write_ckpt = |step_fn: &GanStep, step: u64, wall: f64| -> Result<PathBuf, TrainError> {
-        let meta = CheckpointMeta {
-            step,
-            images_seen: step * batch as u64,
-            wall_clock_s: wall,
-            model_kind: cfg.model.family().into(),
-            model_digest: cfg.model_digest(),
-            seed: cfg.train.seed,
+    let write_ckpt =
+        |step_fn: &dyn TrainStep, step: u64, wall: f64| -> Result<PathBuf, TrainError> {
+            let meta = CheckpointMeta {
+                step,
+                images_seen: step * batch as u64,
+                wall_clock_s: wall,
+                model_kind: cfg.model.family().into(),
+                model_digest: cfg.model_digest(),
+                seed: cfg.train.seed,
+            };
+            Ok(checkpoint::write(
+                &run_dir,
+                &meta,
+                &step_fn.model_tensors(),
+                &step_fn.state_tensors(),
+                policy.keep_last,
+            )?)
         };
-        let mut state = step_fn.nets.state_tensors();
-        state.extend(step_fn.optimizer_tensors());
-        Ok(checkpoint::write(
-            &run_dir,
-            &meta,
-            &step_fn.nets.model_tensors(),
-            &state,
-            policy.keep_last,
-        )?)
-    };
     while step < total {
         if stop.load(Ordering::SeqCst) {
             reason = "stop requested (signal)".into();
@@ -453,7 +524,7 @@ pub fn train(
         let x = batch_data.images_f32(opts.device);
         tch::manual_seed(mix(cfg.train.seed ^ mix(step + 1)) as i64);
         step_fn.set_lr_factor(cfg.optim.lr_factor(step, total));
-        let stats = step_fn.step(&x, n_bg, step)?;
+        let stats = step_fn.train_step(&x, n_bg, step)?;
         step_fn.update_ema(decay);
         logger.add(stats);
         step += 1;
@@ -478,10 +549,10 @@ pub fn train(
         }
         progress.on_step(step, total, logged.as_deref());
         if cfg.train.sample_every > 0 && step.is_multiple_of(cfg.train.sample_every) {
-            write_samples(&step_fn, &grid_codes, &run_dir, step)?;
+            write_samples(step_fn.as_ref(), &grid_codes, &run_dir, step)?;
         }
         if step < total && checkpoint::is_due(step, false, &policy) {
-            let p = write_ckpt(&step_fn, step, wall)?;
+            let p = write_ckpt(step_fn.as_ref(), step, wall)?;
             logger.plot(&run_dir.join("loss_curves.png"))?;
             progress.message(&format!("checkpoint {}", p.display()));
         }
@@ -491,8 +562,8 @@ pub fn train(
     if !logger.sums.is_empty() {
         logger.flush(step, step * batch as u64, wall, 1.0)?;
     }
-    let p = write_ckpt(&step_fn, step, wall)?;
-    write_samples(&step_fn, &grid_codes, &run_dir, step)?;
+    let p = write_ckpt(step_fn.as_ref(), step, wall)?;
+    write_samples(step_fn.as_ref(), &grid_codes, &run_dir, step)?;
     logger.plot(&run_dir.join("loss_curves.png"))?;
     progress.message(&format!("final checkpoint {} ({reason})", p.display()));
     Ok(RunSummary {
@@ -504,17 +575,17 @@ pub fn train(
 }
 
 fn write_samples(
-    step_fn: &GanStep,
+    step_fn: &dyn TrainStep,
     codes: &CaCode,
     run_dir: &Path,
     step: u64,
 ) -> Result<(), TrainError> {
-    let x = tch::no_grad(|| step_fn.nets.g_ema.forward_t(codes, false));
+    let x = step_fn.samples(codes);
     let path = run_dir.join("samples").join(format!("step-{step:07}.png"));
     images::save_grid(&x, 8, &path)?;
     std::fs::write(
         path.with_extension("txt"),
-        "EMA generator samples. Columns: 8 fixed common codes z. Rows: s = 0 (background), then three fixed salient codes s (target).\n",
+        "Samples of the EMA networks. Columns: 8 fixed common codes z. Rows: s = 0 (background), then three fixed salient codes s (target).\n",
     )
     .map_err(io("cannot write", &path))?;
     Ok(())

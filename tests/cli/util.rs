@@ -1,0 +1,52 @@
+//! Helpers: run the `ca` binary, read run directories.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// The workspace root (configs live there).
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// A `ca` command with libtorch limited to one thread (tests run in parallel on 2 cores).
+pub fn ca() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_ca"));
+    c.env("OMP_NUM_THREADS", "1").env("RUST_LOG", "warn");
+    c
+}
+
+/// Run and require success; returns stdout.
+pub fn ok(cmd: &mut Command) -> String {
+    let out: Output = cmd.output().expect("ca runs");
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed ({}):\nstdout:\n{}\nstderr:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+/// Run and require failure; returns stderr.
+pub fn err(cmd: &mut Command) -> String {
+    let out: Output = cmd.output().expect("ca runs");
+    assert!(!out.status.success(), "{cmd:?} unexpectedly succeeded");
+    String::from_utf8_lossy(&out.stderr).to_string()
+}
+
+/// The rows of a run's losses.csv as (header, rows of fields).
+pub fn losses(run: &Path) -> (Vec<String>, Vec<Vec<String>>) {
+    let text = std::fs::read_to_string(run.join("losses.csv")).expect("losses.csv exists");
+    let mut lines = text.lines();
+    let header = lines
+        .next()
+        .expect("header")
+        .split(',')
+        .map(str::to_string)
+        .collect();
+    let rows = lines
+        .map(|l| l.split(',').map(str::to_string).collect())
+        .collect();
+    (header, rows)
+}
