@@ -314,7 +314,7 @@ pub fn traverse(
         let own_rep = CaCode::new(oi.z.repeat([steps, 1]), oi.s.repeat([steps, 1]));
         for k in 0..m.ds() {
             let s = own_rep.s.copy();
-            let _ = s.narrow(1, k, 1).copy_(&values.view([steps, 1]));
+            s.narrow(1, k, 1).copy_(&values.view([steps, 1]));
             let new = CaCode::with_salient(own_rep.z.shallow_clone(), s);
             rows.push(m.edit(&xi, &own_rep, &new));
             caption.push_str(&format!("  {} s_{k}\n", paths[i as usize].display()));

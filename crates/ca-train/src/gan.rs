@@ -312,33 +312,32 @@ impl GanStep {
                 AdversarialKind::Hinge => adversarial::d_hinge(&out_r.adv, &out_f.adv),
             }
             .mean(Kind::Float);
-            loss_d = loss_d + &t * l.adversarial;
+            loss_d += &t * l.adversarial;
             stats.push(("d_adv", t.detach()));
         }
         if l.class > 0.0 {
             let t = info::class_bce(&out_r.dataset, &is_target).mean(Kind::Float);
-            loss_d = loss_d + &t * l.class;
+            loss_d += &t * l.class;
             stats.push(("d_class", t.detach()));
         }
         if heads_encode {
-            loss_d = loss_d
-                + self.encoder_terms(
-                    &out_r.code(),
-                    &out_f.code(),
-                    &code_f,
-                    x,
-                    &is_target,
-                    &is_bg,
-                    n_bg,
-                    &mut stats,
-                    true,
-                );
+            loss_d += self.encoder_terms(
+                &out_r.code(),
+                &out_f.code(),
+                &code_f,
+                x,
+                &is_target,
+                &is_bg,
+                n_bg,
+                &mut stats,
+                true,
+            );
         }
         if r1_now {
             let r1 = adversarial::r1_penalty(&out_r.adv, &x_r)
                 .map_err(|e| GanError::R1(e.to_string()))?
                 .mean(Kind::Float);
-            loss_d = loss_d + &r1 * (l.r1_gamma * 0.5 * l.r1_every as f64);
+            loss_d += &r1 * (l.r1_gamma * 0.5 * l.r1_every as f64);
             stats.push(("r1", r1.detach()));
         }
         loss_d.backward();
@@ -365,12 +364,12 @@ impl GanStep {
                 AdversarialKind::Hinge => adversarial::g_hinge(&out_f.adv),
             }
             .mean(Kind::Float);
-            loss_g = loss_g + &t * l.adversarial;
+            loss_g += &t * l.adversarial;
             stats.push(("g_adv", t.detach()));
         }
         if l.class > 0.0 {
             let t = info::class_bce(&out_f.dataset, &is_target).mean(Kind::Float);
-            loss_g = loss_g + &t * l.class;
+            loss_g += &t * l.class;
             stats.push(("g_class", t.detach()));
         }
         // Codes of real images: through E (trained here) or the discriminator heads (frozen here).
@@ -384,22 +383,21 @@ impl GanStep {
             if l.info_z > 0.0 || l.info_s > 0.0 {
                 let t = info::info_l1(&out_f.z, &code_f.z).mean(Kind::Float) * l.info_z
                     + info::info_l1(&out_f.s, &code_f.s).mean(Kind::Float) * l.info_s;
-                loss_g = loss_g + &t;
+                loss_g += &t;
                 stats.push(("g_info", t.detach()));
             }
         } else {
             let enc_f = self.nets.encode_live(&x_f);
-            loss_g = loss_g
-                + self.encoder_terms(
-                    &real_code, &enc_f, &code_f, x, &is_target, &is_bg, n_bg, &mut stats, false,
-                );
+            loss_g += self.encoder_terms(
+                &real_code, &enc_f, &code_f, x, &is_target, &is_bg, n_bg, &mut stats, false,
+            );
         }
         if l.recon_pixel > 0.0 || l.recon_features > 0.0 {
             let code_r = self.masked(&real_code, &is_target);
             let x_rec = self.nets.g.forward_t(&code_r, true);
             if l.recon_pixel > 0.0 {
                 let t = reconstruction::pixel_l1(&x_rec, x).mean(Kind::Float);
-                loss_g = loss_g + &t * l.recon_pixel;
+                loss_g += &t * l.recon_pixel;
                 stats.push(("recon_pixel", t.detach()));
             }
             if l.recon_features > 0.0 {
@@ -407,7 +405,7 @@ impl GanStep {
                     tch::no_grad(|| self.nets.d.forward_t(x, true).features);
                 let feats_rec = self.nets.d.forward_t(&x_rec, true).features;
                 let t = reconstruction::feature_matching(&feats_real, &feats_rec).mean(Kind::Float);
-                loss_g = loss_g + &t * l.recon_features;
+                loss_g += &t * l.recon_features;
                 stats.push(("recon_features", t.detach()));
             }
         }
@@ -444,7 +442,7 @@ impl GanStep {
             )
             .total()
             .mean(Kind::Float);
-            loss_g = loss_g + &t * l.swap;
+            loss_g += &t * l.swap;
             stats.push(("swap", t.detach()));
         }
         loss_g.backward();
@@ -481,12 +479,12 @@ impl GanStep {
         if l.info_z > 0.0 || l.info_s > 0.0 {
             let t = info::info_l1(&fake_pred.z, &fake_code.z).mean(Kind::Float) * l.info_z
                 + info::info_l1(&fake_pred.s, &fake_code.s).mean(Kind::Float) * l.info_s;
-            loss = loss + &t;
+            loss += &t;
             stats.push(("e_info", t.detach()));
         }
         if l.salient_zero > 0.0 && l.salient_masking {
             let t = masked_mean(&info::salient_zero(&real.s), is_bg);
-            loss = loss + &t * l.salient_zero;
+            loss += &t * l.salient_zero;
             stats.push(("salient_zero", t.detach()));
         }
         if in_d_step && l.recon_pixel > 0.0 {
@@ -495,7 +493,7 @@ impl GanStep {
             let code_r = self.masked(real, is_target);
             let x_rec = self.nets.g.forward_t(&code_r, true);
             let t = reconstruction::pixel_l1(&x_rec, x).mean(Kind::Float);
-            loss = loss + &t * l.recon_pixel;
+            loss += &t * l.recon_pixel;
             stats.push(("e_recon", t.detach()));
         }
         let b = x.size()[0];
@@ -506,7 +504,7 @@ impl GanStep {
                 &real.z.narrow(0, n_bg, n_t),
                 &[0.5, 1.0, 2.0, 4.0, 8.0],
             );
-            loss = loss + &t * l.mmd;
+            loss += &t * l.mmd;
             stats.push(("mmd", t.detach()));
         }
         if l.z_adversary > 0.0
@@ -516,7 +514,7 @@ impl GanStep {
                 .forward(&invariance::gradient_reversal(&real.z, 1.0))
                 .squeeze_dim(1);
             let t = info::class_bce(&logits, is_target).mean(Kind::Float);
-            loss = loss + &t * l.z_adversary;
+            loss += &t * l.z_adversary;
             stats.push(("z_adversary", t.detach()));
         }
         loss
