@@ -9,6 +9,7 @@
 //! cargo through `$CARGO`.
 
 mod ci;
+mod fetch;
 mod quickstart;
 mod setup;
 mod util;
@@ -33,6 +34,8 @@ enum Cmd {
     Ci(ci::Ci),
     /// Setup, build, and run the main job on the built-in synthetic benchmark.
     Quickstart(quickstart::Quickstart),
+    /// Download, verify and preprocess the real datasets of datasets/manifest.toml (see --list).
+    FetchDatasets(fetch::FetchDatasets),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -42,6 +45,7 @@ fn main() -> anyhow::Result<()> {
         Cmd::Setup(c) => c.run(&root),
         Cmd::Ci(c) => c.run(&root),
         Cmd::Quickstart(c) => c.run(&root),
+        Cmd::FetchDatasets(c) => c.run(&root),
     }
 }
 
