@@ -57,10 +57,10 @@ fn serve(files: HashMap<String, Vec<u8>>, behaviour: Behaviour) -> Server {
                 if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
                     break;
                 }
-                if let Some((k, v)) = line.split_once(':') {
-                    if k.eq_ignore_ascii_case("range") {
-                        range = Some(v.trim().to_string());
-                    }
+                if let Some((k, v)) = line.split_once(':')
+                    && k.eq_ignore_ascii_case("range")
+                {
+                    range = Some(v.trim().to_string());
                 }
             }
             let path = first
@@ -96,10 +96,10 @@ fn serve(files: HashMap<String, Vec<u8>>, behaviour: Behaviour) -> Server {
                 ),
             };
             let mut part = &body[start.unwrap_or(0)..];
-            if start.is_none() {
-                if let Some(n) = cut.take() {
-                    part = &body[..n];
-                }
+            if start.is_none()
+                && let Some(n) = cut.take()
+            {
+                part = &body[..n];
             }
             let _ = stream.write_all(head.as_bytes());
             let _ = stream.write_all(part);
