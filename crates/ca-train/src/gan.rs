@@ -302,6 +302,11 @@ impl GanStep {
             x.shallow_clone()
         };
         let out_r = self.nets.d.forward_t(&x_r, true);
+        let real_feats: Vec<Tensor> = if l.recon_features > 0.0 {
+            out_r.features.iter().map(Tensor::detach).collect()
+        } else {
+            Vec::new()
+        };
         let out_f = self.nets.d.forward_t(&x_f, true);
         let mut loss_d = Tensor::zeros([], (Kind::Float, dev));
         if l.adversarial > 0.0 {
@@ -401,15 +406,17 @@ impl GanStep {
                 stats.push(("recon_pixel", t.detach()));
             }
             if l.recon_features > 0.0 {
-                let feats_real: Vec<Tensor> =
-                    tch::no_grad(|| self.nets.d.forward_t(x, true).features);
+                // The real images' features from this step's D forward (before D's update),
+                // detached: one D pass saved.
+                let feats_real: Vec<Tensor> = real_feats.iter().map(Tensor::detach).collect();
                 let feats_rec = self.nets.d.forward_t(&x_rec, true).features;
                 let t = reconstruction::feature_matching(&feats_real, &feats_rec).mean(Kind::Float);
                 loss_g += &t * l.recon_features;
                 stats.push(("recon_features", t.detach()));
             }
         }
-        let k = n_bg.min(n_t);
+        // Swaps use a quarter of the batch in each direction (the cost is 3 passes over 2k images).
+        let k = n_bg.min(n_t).min((b / 4).max(1));
         if l.swap > 0.0 && k > 0 {
             let rc = real_code.detach();
             let z_bg = rc.z.narrow(0, 0, k);
