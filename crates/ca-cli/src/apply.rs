@@ -78,7 +78,7 @@ pub fn read_images(paths: &[PathBuf], m: &dyn CaModel) -> anyhow::Result<Tensor>
 }
 
 /// A dataset for `encode`: a folder pair at the run's geometry, or the run's own data.
-fn dataset_for(
+pub(crate) fn dataset_for(
     cfg: &ca_train::config::RunConfig,
     data: Option<&Path>,
 ) -> anyhow::Result<Box<dyn Dataset>> {

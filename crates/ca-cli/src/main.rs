@@ -6,6 +6,7 @@
 mod apply;
 mod data;
 mod doctor;
+mod eval;
 mod train;
 
 use std::path::PathBuf;
@@ -38,6 +39,8 @@ enum Cmd {
     Doctor(doctor::Doctor),
     /// Train a model from a config. Example: ca train --config configs/ca-gan-synthetic.toml --max-minutes 45
     Train(train::Train),
+    /// Evaluate a run: separation probes, ground-truth metrics, image quality; writes metrics.json and report.md/html. Example: ca eval --run RUN
+    Eval(eval::EvalArgs),
     /// Encode images to (z, s) codes, one CSV row per image. Example: ca encode --run RUN --data ROOT --out codes.csv
     Encode(EncodeArgs),
     /// Sample new background (s = 0) and target images. Example: ca generate --run RUN --n 8 --out gen/
@@ -168,6 +171,7 @@ fn main() -> ExitCode {
     let result = match cli.cmd {
         Cmd::Doctor(d) => d.run(),
         Cmd::Train(t) => t.run(),
+        Cmd::Eval(a) => eval::eval(&a),
         Cmd::Encode(a) => apply::encode(&a.run.run, a.data.as_deref(), &a.out, &a.run.device),
         Cmd::Generate(a) => apply::generate(&a.run.run, a.n, a.seed, &a.out, &a.run.device),
         Cmd::Swap(a) => apply::swap(&a.run.run, &a.background, &a.target, &a.out, &a.run.device),

@@ -7,7 +7,9 @@
 pub mod adam;
 pub mod checkpoint;
 pub mod config;
+pub mod diffusion;
 pub mod ema;
+pub mod eval;
 pub mod gan;
 pub mod images;
 pub mod metrics;

@@ -1,0 +1,150 @@
+//! `ca eval`: evaluate a run on held-out images (separation probes, ground-truth metrics,
+//! reconstruction, image quality) and write `RUN/eval/{metrics.json, report.md, report.html}`
+//! with the grid PNGs. The work is done by `ca_train::eval`; this file only resolves the data,
+//! the options and the comparison runs.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{Context, bail};
+use ca_data::Split;
+use ca_train::eval::{self, EvalOptions, RunInfo, report};
+use ca_train::run;
+
+use crate::apply;
+
+/// Arguments of `ca eval`.
+#[derive(clap::Args)]
+pub struct EvalArgs {
+    /// A run directory written by `ca train`.
+    #[arg(long)]
+    run: PathBuf,
+    /// Evaluate this folder dataset ROOT/{background,target} (at the run's size and channels)
+    /// instead of the run's own data; ground truth from ROOT/target_counterfactual and
+    /// ROOT/target_mask when present.
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Other runs (already evaluated) shown side by side in the report.
+    #[arg(long, num_args = 1..)]
+    compare: Vec<PathBuf>,
+    /// auto | cpu | cuda | cuda:N
+    #[arg(long, default_value = "auto")]
+    device: String,
+    /// At most this many images, balanced between background and target (default: the run's
+    /// eval.max_images).
+    #[arg(long)]
+    max_images: Option<usize>,
+    /// Salient label columns to probe (comma-separated); default: every categorical column
+    /// that varies only within the target set.
+    #[arg(long, value_delimiter = ',')]
+    salient_labels: Vec<String>,
+    /// Evaluate every image of the dataset, not only its held-out split. Only for data the
+    /// model never trained on (e.g. a separate --data export).
+    #[arg(long)]
+    all_images: bool,
+    /// Overwrite the files of a previous evaluation in RUN/eval/ (other files are kept).
+    #[arg(long)]
+    force: bool,
+    /// Seed of the probe folds, the domain classifier and the samples.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+}
+
+/// `ca eval`.
+pub fn eval(a: &EvalArgs) -> anyhow::Result<()> {
+    let t0 = Instant::now();
+    let device = apply::parse_device(&a.device)?;
+    let (cfg, m, meta) = run::load_run(&a.run, device)
+        .with_context(|| format!("cannot load run '{}'", a.run.display()))?;
+    let mut compare = Vec::new();
+    for dir in &a.compare {
+        let metrics =
+            report::read_metrics(dir).with_context(|| format!("--compare '{}'", dir.display()))?;
+        compare.push((run_name(dir), metrics));
+    }
+    let out = report::prepare_eval_dir(&a.run, a.force)?;
+    let ds = apply::dataset_for(&cfg, a.data.as_deref())?;
+    let split = if a.all_images {
+        Split::All
+    } else {
+        Split::Eval
+    };
+    let full =
+        ca_data::load_eval_set(ds.as_ref(), split).context("loading the evaluation images")?;
+    if full.is_empty() {
+        bail!(
+            "the {} split of the data is empty: nothing to evaluate (with a separate --data export, pass --all-images)",
+            if a.all_images { "whole" } else { "held-out" }
+        );
+    }
+    let max = a.max_images.unwrap_or(cfg.eval.max_images).max(1);
+    let group: Vec<i64> = Vec::<i64>::try_from(&full.group)?;
+    let rows = eval::select_balanced(&group, max, a.seed);
+    let set = if rows.len() == full.len() {
+        full
+    } else {
+        eval::subset(&full, &rows)
+    };
+    let mut opts = EvalOptions::from_config(&cfg.eval);
+    opts.seed = a.seed;
+    if !a.salient_labels.is_empty() {
+        opts.salient_labels = Some(a.salient_labels.clone());
+    }
+    let dataset = match &a.data {
+        Some(root) => format!("folder:{}", root.display()),
+        None => match &cfg.data {
+            ca_data::DataConfig::Synthetic(_) => "synthetic".to_string(),
+            ca_data::DataConfig::Folder(f) => format!("folder:{}", f.root.display()),
+            ca_data::DataConfig::Npy(n) => format!("npy:{}", n.root.display()),
+        },
+    };
+    let info = RunInfo {
+        model: meta.model_kind.clone(),
+        dataset,
+        steps: meta.step,
+        wall_clock_s: meta.wall_clock_s,
+        split: if a.all_images { "all" } else { "eval" }.into(),
+    };
+    eprintln!(
+        "evaluating {} ({} at step {}) on {} images ...",
+        a.run.display(),
+        m.family(),
+        meta.step,
+        set.len()
+    );
+    let ev = eval::evaluate(m.as_ref(), &set, &info, &opts)?;
+    report::write_eval(&out, &run_name(&a.run), &ev, &compare)?;
+    let mt = &ev.metrics;
+    let acc = |p: Option<eval::Probe>| p.map_or("-".to_string(), |p| format!("{:.3}", p.accuracy));
+    println!(
+        "salient from s {} / from z {}; dataset from z {}; common from z {}",
+        acc(mt.separation.salient_from_s),
+        acc(mt.separation.salient_from_z),
+        acc(mt.separation.dataset_from_z),
+        acc(mt.separation.common_from_z)
+    );
+    if let Some(g) = &mt.ground_truth {
+        println!(
+            "counterfactual {:.2} dB (gain {:+.2} dB), saliency IoU {:.3}, swap success {:.3}",
+            g.counterfactual.counterfactual_psnr_db,
+            g.counterfactual.counterfactual_gain_db,
+            g.saliency_iou,
+            g.swap_success
+        );
+    }
+    println!(
+        "wrote {} ({} images, {:.1} s)",
+        out.display(),
+        set.len(),
+        t0.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// The last component of a run directory (its name in the report's columns).
+fn run_name(dir: &std::path::Path) -> String {
+    dir.file_name().map_or_else(
+        || dir.display().to_string(),
+        |n| n.to_string_lossy().to_string(),
+    )
+}

@@ -1,0 +1,1073 @@
+//! `ca eval`: the evaluation of a trained CA model on a held-out split (DESIGN.md section 6).
+//!
+//! [`evaluate`] takes any [`CaModel`] and an [`EvalSet`] and computes
+//!
+//! * **separation probes** — k-fold logistic regression from `s` and from `z` to the salient
+//!   labels, to background-vs-target, and to a common label (the main metric of Double InfoGAN,
+//!   Carton, Louiset, Gori, AISTATS 2024), and the probe matrix latent group x factor;
+//! * **ground truth** (when the data carries exact counterparts and masks) — counterfactual PSNR
+//!   and SSIM next to the identity and flat-colour baselines, errors inside/outside the mask,
+//!   saliency IoU at a threshold chosen on the first half of the target rows, swap success
+//!   judged by a [`DomainClassifier`] trained on the real images;
+//! * **reconstruction** PSNR of background and target rows;
+//! * **image quality** — `dfd`/`dkd`, Fréchet and kernel distances in the domain classifier's
+//!   features between samples and real images (`fid`/`kid` need Inception weights: `null`);
+//!
+//! and the image grids of the report. [`report`] writes `metrics.json` (schema in [`schema`]),
+//! `report.md`, `report.html` and the grid PNGs into `RUN/eval/`.
+//!
+//! Everything is deterministic for a given seed on the CPU; the model runs in batches without
+//! gradients.
+
+pub mod classifier;
+pub mod report;
+pub mod schema;
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use ca_data::{EvalSet, LabelKind, LabelScope};
+use ca_models::CaCode;
+use rand::SeedableRng;
+use rand::seq::SliceRandom;
+use rand_chacha::ChaCha8Rng;
+use tch::{Device, Kind, Tensor};
+
+pub use classifier::{ClassifierOptions, DomainClassifier};
+pub use schema::{
+    EvalInfo, GroundTruth, Metrics, Probe, ProbeEntry, ProbeMatrix, Quality, Reconstruction,
+    Separation,
+};
+
+use crate::config::EvalConfig;
+use crate::metrics::{self, MetricsError};
+use crate::model::{self, CaModel};
+
+/// Errors of the evaluation.
+#[derive(Debug, thiserror::Error)]
+pub enum EvalError {
+    /// A metric failed.
+    #[error(transparent)]
+    Metrics(#[from] MetricsError),
+    /// The data or options cannot be evaluated.
+    #[error("{0}")]
+    Invalid(String),
+    /// Writing a grid image failed.
+    #[error(transparent)]
+    Image(#[from] crate::images::ImageWriteError),
+    /// A file could not be read or written.
+    #[error("{what} '{path}': {source}")]
+    Io {
+        /// What was being done.
+        what: &'static str,
+        /// The path.
+        path: std::path::PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// `metrics.json` could not be parsed.
+    #[error("cannot parse '{path}': {source}")]
+    Json {
+        /// The file.
+        path: std::path::PathBuf,
+        /// The cause.
+        source: serde_json::Error,
+    },
+}
+
+/// Result type of the evaluation.
+pub type Result<T> = std::result::Result<T, EvalError>;
+
+/// How to evaluate.
+#[derive(Debug, Clone)]
+pub struct EvalOptions {
+    /// Probe folds (`k`).
+    pub folds: usize,
+    /// Probe L2 strength in scikit-learn's convention (`C = 1 / l2`; ridge `alpha = l2`).
+    pub l2: f64,
+    /// Images per model call.
+    pub batch_size: i64,
+    /// Seed of folds, the domain classifier and the samples.
+    pub seed: u64,
+    /// Salient label columns to probe; `None`: every categorical column of salient scope.
+    pub salient_labels: Option<Vec<String>>,
+    /// Domain classifier training.
+    pub classifier: ClassifierOptions,
+}
+
+impl EvalOptions {
+    /// Options from the run's `[eval]` section (seed 0, all salient labels).
+    pub fn from_config(c: &EvalConfig) -> Self {
+        EvalOptions {
+            folds: c.folds,
+            l2: c.l2,
+            batch_size: c.batch_size.max(1) as i64,
+            seed: 0,
+            salient_labels: None,
+            classifier: ClassifierOptions::default(),
+        }
+    }
+}
+
+/// What the metrics file says about the run (not computed by the evaluation).
+#[derive(Debug, Clone)]
+pub struct RunInfo {
+    /// Model family.
+    pub model: String,
+    /// Dataset description.
+    pub dataset: String,
+    /// Training steps of the checkpoint.
+    pub steps: u64,
+    /// Training wall clock, seconds.
+    pub wall_clock_s: f64,
+    /// The split evaluated (`eval`, `all`).
+    pub split: String,
+}
+
+/// One image grid of the report.
+#[derive(Debug)]
+pub struct Grid {
+    /// File stem (`reconstructions` -> `reconstructions.png`).
+    pub name: String,
+    /// Caption: what the rows and columns show.
+    pub caption: String,
+    /// Images, float `[N, C, H, W]` in [-1, 1] on the CPU, row-major.
+    pub images: Tensor,
+    /// Columns.
+    pub ncol: usize,
+}
+
+/// The result of [`evaluate`].
+#[derive(Debug)]
+pub struct Evaluation {
+    /// The metrics (`metrics.json`).
+    pub metrics: Metrics,
+    /// The report's grids.
+    pub grids: Vec<Grid>,
+}
+
+/// At most `max` rows, balanced between background and target where possible: half each, the
+/// smaller set topped up by the larger. Chosen by a ChaCha8 shuffle of each group (seeded with
+/// `seed`) and returned in increasing order.
+pub fn select_balanced(group: &[i64], max: usize, seed: u64) -> Vec<usize> {
+    let mut bg: Vec<usize> = (0..group.len()).filter(|&i| group[i] == 0).collect();
+    let mut tg: Vec<usize> = (0..group.len()).filter(|&i| group[i] != 0).collect();
+    let nt = tg
+        .len()
+        .min(max / 2)
+        .max(max.saturating_sub(bg.len()))
+        .min(tg.len());
+    let nb = bg.len().min(max - nt);
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    bg.shuffle(&mut rng);
+    tg.shuffle(&mut rng);
+    let mut rows: Vec<usize> = bg[..nb].iter().chain(&tg[..nt]).copied().collect();
+    rows.sort_unstable();
+    rows
+}
+
+/// The rows `rows` of an evaluation set (images, groups, labels and ground truth).
+pub fn subset(set: &EvalSet, rows: &[usize]) -> EvalSet {
+    let idx = Tensor::from_slice(&rows.iter().map(|&r| r as i64).collect::<Vec<_>>());
+    EvalSet {
+        images: set.images.index_select(0, &idx),
+        group: set.group.index_select(0, &idx),
+        indices: rows.iter().map(|&r| set.indices[r]).collect(),
+        files: rows.iter().map(|&r| set.files[r].clone()).collect(),
+        labels: set.labels.iter().map(|c| c.select(rows)).collect(),
+        counterpart: set.counterpart.as_ref().map(|t| t.index_select(0, &idx)),
+        mask: set.mask.as_ref().map(|t| t.index_select(0, &idx)),
+    }
+}
+
+fn rows_tensor(rows: &[usize]) -> Tensor {
+    Tensor::from_slice(&rows.iter().map(|&r| r as i64).collect::<Vec<_>>())
+}
+
+/// Encode `x` (CPU, [-1, 1]) in batches; codes on the CPU.
+fn encode_all(m: &dyn CaModel, x: &Tensor, bs: i64) -> CaCode {
+    let dev = m.device();
+    let n = x.size()[0];
+    let mut parts = Vec::new();
+    let mut i = 0;
+    while i < n {
+        let len = bs.min(n - i);
+        parts.push(
+            m.encode(&x.narrow(0, i, len).to_device(dev))
+                .to_float()
+                .to_device(Device::Cpu),
+        );
+        i += len;
+    }
+    if parts.is_empty() {
+        return CaCode::new(
+            Tensor::zeros([0, m.dz()], (Kind::Float, Device::Cpu)),
+            Tensor::zeros([0, m.ds()], (Kind::Float, Device::Cpu)),
+        );
+    }
+    CaCode::cat(&parts.iter().collect::<Vec<_>>())
+}
+
+/// `m.edit(x, own, new)` in batches; images on the CPU.
+fn edit_all(m: &dyn CaModel, x: &Tensor, own: &CaCode, new: &CaCode, bs: i64) -> Tensor {
+    let dev = m.device();
+    let n = x.size()[0];
+    let mut parts = Vec::new();
+    let mut i = 0;
+    while i < n {
+        let len = bs.min(n - i);
+        let e = m.edit(
+            &x.narrow(0, i, len).to_device(dev),
+            &own.narrow(i, len).to_device(dev),
+            &new.narrow(i, len).to_device(dev),
+        );
+        parts.push(e.to_kind(Kind::Float).to_device(Device::Cpu));
+        i += len;
+    }
+    if parts.is_empty() {
+        return x.zeros_like();
+    }
+    Tensor::cat(&parts, 0)
+}
+
+/// Sample `n` codes of one set and decode them in batches; images on the CPU.
+fn sample_all(m: &dyn CaModel, n: i64, target: bool, seed: u64, bs: i64) -> Tensor {
+    let g = m.geometry();
+    if n == 0 {
+        return Tensor::zeros([0, g.channels, g.size, g.size], (Kind::Float, Device::Cpu));
+    }
+    let codes = m.sample_codes(n, target, seed);
+    let mut parts = Vec::new();
+    let mut i = 0;
+    while i < n {
+        let len = bs.min(n - i);
+        parts.push(
+            m.decode(&codes.narrow(i, len), seed.wrapping_add(i as u64 + 1))
+                .to_kind(Kind::Float)
+                .to_device(Device::Cpu),
+        );
+        i += len;
+    }
+    Tensor::cat(&parts, 0)
+}
+
+/// Probe settings shared by every probe of one evaluation.
+struct Prober {
+    folds: usize,
+    l2: f64,
+    seed: u64,
+}
+
+impl Prober {
+    /// Logistic probe of categorical `y` (NaN = missing) from `x` on `rows`; `None` when fewer
+    /// than `2 k` rows carry the label.
+    fn classify(&self, x: &Tensor, y: &[f64], rows: &[usize]) -> Result<Option<Probe>> {
+        let rows: Vec<usize> = rows.iter().copied().filter(|&r| !y[r].is_nan()).collect();
+        if rows.len() < 2 * self.folds.max(1) {
+            return Ok(None);
+        }
+        let labels: Vec<i64> = rows.iter().map(|&r| y[r].round() as i64).collect();
+        let xs = x.index_select(0, &rows_tensor(&rows));
+        // scikit-learn's C = 1 / l2 on a summed loss == λ = l2 / n_train on the mean loss.
+        let n_train = rows.len() as f64 * (self.folds as f64 - 1.0) / self.folds as f64;
+        let lam = self.l2 / n_train.max(1.0);
+        let p = metrics::logistic_probe(&xs, &labels, self.folds, lam, self.seed)?;
+        Ok(Some(Probe::from(&p)))
+    }
+
+    /// Ridge R² probe of continuous `y` from `x` on `rows` (`alpha = l2`).
+    fn regress(&self, x: &Tensor, y: &[f64], rows: &[usize]) -> Result<Option<ProbeEntry>> {
+        let rows: Vec<usize> = rows.iter().copied().filter(|&r| !y[r].is_nan()).collect();
+        if rows.len() < 2 * self.folds.max(1) {
+            return Ok(None);
+        }
+        let ys: Vec<f64> = rows.iter().map(|&r| y[r]).collect();
+        let xs = x.index_select(0, &rows_tensor(&rows));
+        let p = metrics::ridge_probe(&xs, &ys, self.folds, self.l2, self.seed)?;
+        Ok(Some(ProbeEntry::from(&p)))
+    }
+}
+
+fn mean_psnr(a: &Tensor, b: &Tensor) -> Result<Option<f64>> {
+    if a.size()[0] == 0 {
+        return Ok(None);
+    }
+    let p = metrics::psnr(&metrics::unit_range(a), &metrics::unit_range(b), 1.0)?;
+    Ok(Some(p.mean(Kind::Double).double_value(&[])))
+}
+
+/// Grey-level `[N, 1, H, W]` maps in [0, 1] as `[N, C, H, W]` images in [-1, 1].
+fn map_as_image(m: &Tensor, c: i64) -> Tensor {
+    (m.to_kind(Kind::Float) * 2.0 - 1.0).repeat([1, c, 1, 1])
+}
+
+/// Pad `rows` (each `[k, C, H, W]`, `k <= ncol`) with mid-grey tiles to `ncol` and stack them.
+fn grid_rows(rows: &[Tensor], ncol: i64) -> Tensor {
+    let padded: Vec<Tensor> = rows
+        .iter()
+        .map(|r| {
+            let k = r.size()[0];
+            if k >= ncol {
+                r.narrow(0, 0, ncol)
+            } else {
+                let s = r.size();
+                Tensor::cat(
+                    &[
+                        r.shallow_clone(),
+                        Tensor::zeros([ncol - k, s[1], s[2], s[3]], (Kind::Float, r.device())),
+                    ],
+                    0,
+                )
+            }
+        })
+        .collect();
+    Tensor::cat(&padded, 0)
+}
+
+/// Evaluate model `m` on `set` (see the module docs). `set` rows are used as given (select them
+/// first with [`select_balanced`] + [`subset`]).
+pub fn evaluate(
+    m: &dyn CaModel,
+    set: &EvalSet,
+    info: &RunInfo,
+    opts: &EvalOptions,
+) -> Result<Evaluation> {
+    let t0 = Instant::now();
+    let n = set.len();
+    if n == 0 {
+        return Err(EvalError::Invalid(
+            "the evaluation split is empty: nothing to evaluate".into(),
+        ));
+    }
+    let geom = m.geometry();
+    let isz = set.images.size();
+    if isz[1] != geom.channels || isz[2] != geom.size || isz[3] != geom.size {
+        return Err(EvalError::Invalid(format!(
+            "the evaluation images are {:?} but the model expects {} channel(s) of {}x{}",
+            &isz[1..],
+            geom.channels,
+            geom.size,
+            geom.size
+        )));
+    }
+    if opts.folds < 2 {
+        return Err(EvalError::Invalid(format!(
+            "eval.folds must be at least 2, got {}",
+            opts.folds
+        )));
+    }
+    let bs = opts.batch_size.max(1);
+    let group: Vec<i64> = Vec::<i64>::try_from(&set.group).map_err(MetricsError::from)?;
+    let bg_rows: Vec<usize> = (0..n).filter(|&i| group[i] == 0).collect();
+    let tg_rows: Vec<usize> = (0..n).filter(|&i| group[i] != 0).collect();
+    let all_rows: Vec<usize> = (0..n).collect();
+    let (nb, nt) = (bg_rows.len() as i64, tg_rows.len() as i64);
+    let _guard = tch::no_grad_guard();
+
+    let x = ca_data::loader::u8_to_unit(&set.images);
+    let codes = encode_all(m, &x, bs);
+    let prober = Prober {
+        folds: opts.folds,
+        l2: opts.l2,
+        seed: opts.seed,
+    };
+
+    // Separation probes.
+    let salient_cols: Vec<&ca_data::LabelColumn> = match &opts.salient_labels {
+        Some(names) => {
+            let mut v = Vec::new();
+            for name in names {
+                let col = set.labels.iter().find(|c| &c.name == name).ok_or_else(|| {
+                    EvalError::Invalid(format!(
+                        "--salient-labels: no label column `{name}` (columns: {})",
+                        set.labels
+                            .iter()
+                            .map(|c| c.name.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ))
+                })?;
+                if col.kind != LabelKind::Categorical {
+                    return Err(EvalError::Invalid(format!(
+                        "--salient-labels: column `{name}` is continuous; salient probes need a categorical label"
+                    )));
+                }
+                v.push(col);
+            }
+            v
+        }
+        None => set
+            .labels
+            .iter()
+            .filter(|c| c.kind == LabelKind::Categorical && c.scope == LabelScope::Salient)
+            .collect(),
+    };
+    let common_col = set
+        .labels
+        .iter()
+        .find(|c| c.kind == LabelKind::Categorical && c.scope == LabelScope::Common);
+    let group_f: Vec<f64> = group.iter().map(|&g| g as f64).collect();
+    let (salient_from_s, salient_from_z) = match salient_cols.first() {
+        Some(c) => (
+            prober.classify(&codes.s, &c.values, &tg_rows)?,
+            prober.classify(&codes.z, &c.values, &tg_rows)?,
+        ),
+        None => (None, None),
+    };
+    let (common_from_z, common_from_s) = match common_col {
+        Some(c) => (
+            prober.classify(&codes.z, &c.values, &all_rows)?,
+            prober.classify(&codes.s, &c.values, &all_rows)?,
+        ),
+        None => (None, None),
+    };
+    let separation = Separation {
+        salient_from_s,
+        salient_from_z,
+        dataset_from_z: prober.classify(&codes.z, &group_f, &all_rows)?,
+        dataset_from_s: prober.classify(&codes.s, &group_f, &all_rows)?,
+        common_from_z,
+        common_from_s,
+        salient_label: salient_cols.first().map(|c| c.name.clone()),
+        common_label: common_col.map(|c| c.name.clone()),
+    };
+
+    // Reconstruction, counterparts.
+    let is_target = Tensor::from_slice(&group).ne(0);
+    let own_grouped = model::group_code(&codes, &is_target);
+    let rec = edit_all(m, &x, &own_grouped, &own_grouped, bs);
+    let bg_t = rows_tensor(&bg_rows);
+    let tg_t = rows_tensor(&tg_rows);
+    let x_bg = x.index_select(0, &bg_t);
+    let x_t = x.index_select(0, &tg_t);
+    let reconstruction = Reconstruction {
+        background_psnr_db: mean_psnr(&rec.index_select(0, &bg_t), &x_bg)?,
+        target_psnr_db: mean_psnr(&rec.index_select(0, &tg_t), &x_t)?,
+    };
+    let code_bg = CaCode::new(
+        codes.z.index_select(0, &bg_t),
+        codes.s.index_select(0, &bg_t),
+    );
+    let code_t = CaCode::new(
+        codes.z.index_select(0, &tg_t),
+        codes.s.index_select(0, &tg_t),
+    );
+    let cf_t = edit_all(m, &x_t, &code_t, &code_t.without_salient(), bs);
+
+    // Domain classifier on the real images (needs gradients).
+    let mut copts = opts.classifier;
+    copts.seed ^= opts.seed;
+    let classifier = tch::with_grad(|| DomainClassifier::train(&x, &set.group, m.device(), copts));
+
+    // Ground truth.
+    let ground_truth = match (&set.counterpart, &set.mask) {
+        (Some(cp), Some(mask)) if nt >= 2 => {
+            let true_cf = ca_data::loader::u8_to_unit(&cp.index_select(0, &tg_t));
+            let mask_t = mask.index_select(0, &tg_t).to_kind(Kind::Float);
+            let (ux, ucf, utrue) = (
+                metrics::unit_range(&x_t),
+                metrics::unit_range(&cf_t),
+                metrics::unit_range(&true_cf),
+            );
+            let counterfactual = metrics::counterfactual_metrics(&ux, &ucf, &utrue, &mask_t)?;
+            let scores = metrics::saliency_map(&ux, &ucf)?;
+            let truth = mask_t.squeeze_dim(1).gt(0.5);
+            let sal = metrics::saliency_iou(&scores, &truth, nt / 2)?;
+            let k = nb.min(nt);
+            let swaps = swap_images(m, &x_bg, &code_bg, &code_t, k, bs);
+            let swap_target_rate = classifier.target_rate(&swaps, bs);
+            let counterpart_background_rate = 1.0 - classifier.target_rate(&cf_t, bs);
+            let swap_success = if swap_target_rate.is_nan() {
+                counterpart_background_rate
+            } else {
+                0.5 * (swap_target_rate + counterpart_background_rate)
+            };
+            let mut probe_matrix: ProbeMatrix = BTreeMap::new();
+            for (name, lat) in [("z", &codes.z), ("s", &codes.s)] {
+                let mut row = BTreeMap::new();
+                for col in &set.labels {
+                    let rows = if col.scope == LabelScope::Salient {
+                        &tg_rows
+                    } else {
+                        &all_rows
+                    };
+                    let entry = match col.kind {
+                        LabelKind::Categorical => prober
+                            .classify(lat, &col.values, rows)?
+                            .map(ProbeEntry::Classifier),
+                        LabelKind::Continuous => prober.regress(lat, &col.values, rows)?,
+                    };
+                    if let Some(e) = entry {
+                        row.insert(col.name.clone(), e);
+                    }
+                }
+                probe_matrix.insert(name.to_string(), row);
+            }
+            Some(GroundTruth {
+                counterfactual,
+                saliency_iou: sal.iou,
+                saliency_threshold: sal.threshold,
+                swap_success,
+                swap_target_rate: if swap_target_rate.is_nan() {
+                    0.0
+                } else {
+                    swap_target_rate
+                },
+                counterpart_background_rate,
+                probe_matrix,
+            })
+        }
+        _ => None,
+    };
+
+    // Quality: samples of both sets against the real images, in the classifier's features.
+    let gen_bg = sample_all(m, nb, false, opts.seed ^ 0x5A1, bs);
+    let gen_t = sample_all(m, nt, true, opts.seed ^ 0x5A2, bs);
+    let generated = Tensor::cat(&[&gen_bg, &gen_t], 0);
+    let (dfd, dkd) = if n >= 2 {
+        let fr = classifier.features(&x, bs);
+        let fg = classifier.features(&generated, bs);
+        let dfd = metrics::frechet_distance(&fr, &fg)?;
+        let dkd = metrics::kid(&fr, &fg, 100, 1000, opts.seed)?.mean;
+        (Some(dfd), Some(dkd))
+    } else {
+        (None, None)
+    };
+    let quality = Quality {
+        fid: None,
+        kid: None,
+        dfd,
+        dkd,
+        domain_classifier_accuracy: Some(classifier.heldout_accuracy).filter(|a| a.is_finite()),
+    };
+
+    let grids = make_grids(
+        m,
+        set,
+        &GridInputs {
+            x_bg: &x_bg,
+            x_t: &x_t,
+            rec: &rec,
+            bg_t: &bg_t,
+            tg_t: &tg_t,
+            cf_t: &cf_t,
+            code_bg: &code_bg,
+            code_t: &code_t,
+            gen_bg: &gen_bg,
+            gen_t: &gen_t,
+        },
+    );
+
+    let metrics = Metrics {
+        model: info.model.clone(),
+        dataset: info.dataset.clone(),
+        steps: info.steps,
+        wall_clock_s: info.wall_clock_s,
+        separation,
+        ground_truth,
+        reconstruction,
+        quality,
+        eval: Some(EvalInfo {
+            n_images: n,
+            n_background: nb as usize,
+            n_target: nt as usize,
+            split: info.split.clone(),
+            folds: opts.folds,
+            l2: opts.l2,
+            seed: opts.seed,
+            seconds: t0.elapsed().as_secs_f64(),
+        }),
+    };
+    Ok(Evaluation { metrics, grids })
+}
+
+/// `(z of background row i, s of target row i)` for `i < k`, re-rendered from the background
+/// images.
+fn swap_images(
+    m: &dyn CaModel,
+    x_bg: &Tensor,
+    code_bg: &CaCode,
+    code_t: &CaCode,
+    k: i64,
+    bs: i64,
+) -> Tensor {
+    if k == 0 {
+        return x_bg.narrow(0, 0, 0);
+    }
+    let own = code_bg.narrow(0, k).without_salient();
+    let new = CaCode::with_salient(own.z.shallow_clone(), code_t.s.narrow(0, 0, k));
+    edit_all(m, &x_bg.narrow(0, 0, k), &own, &new, bs)
+}
+
+struct GridInputs<'a> {
+    x_bg: &'a Tensor,
+    x_t: &'a Tensor,
+    rec: &'a Tensor,
+    bg_t: &'a Tensor,
+    tg_t: &'a Tensor,
+    cf_t: &'a Tensor,
+    code_bg: &'a CaCode,
+    code_t: &'a CaCode,
+    gen_bg: &'a Tensor,
+    gen_t: &'a Tensor,
+}
+
+fn make_grids(m: &dyn CaModel, set: &EvalSet, g: &GridInputs) -> Vec<Grid> {
+    let c = m.geometry().channels;
+    let (nb, nt) = (g.x_bg.size()[0], g.x_t.size()[0]);
+    let mut grids = Vec::new();
+    let first = |t: &Tensor, k: i64| t.narrow(0, 0, k.min(t.size()[0]));
+
+    // Reconstructions.
+    let (kb, kt) = (nb.min(8), nt.min(8));
+    let ncol = kb.max(kt).max(1);
+    let rec_bg = g.rec.index_select(0, g.bg_t);
+    let rec_t = g.rec.index_select(0, g.tg_t);
+    grids.push(Grid {
+        name: "reconstructions".into(),
+        caption: format!(
+            "Reconstructions. Rows: {kb} background inputs, their reconstructions (s = 0), {kt} target inputs, their reconstructions (own s)."
+        ),
+        images: grid_rows(
+            &[
+                first(g.x_bg, kb),
+                first(&rec_bg, kb),
+                first(g.x_t, kt),
+                first(&rec_t, kt),
+            ],
+            ncol,
+        ),
+        ncol: ncol as usize,
+    });
+
+    // Counterparts and saliency.
+    if nt > 0 {
+        let k = nt.min(8);
+        let x = first(g.x_t, k);
+        let cf = first(g.cf_t, k);
+        let sal = map_as_image(&model::saliency(&x, &cf), c);
+        let tg_first = g.tg_t.narrow(0, 0, k);
+        let truth = match (&set.counterpart, &set.mask) {
+            (Some(cp), Some(mask)) => Some((
+                ca_data::loader::u8_to_unit(&cp.index_select(0, &tg_first)),
+                map_as_image(&mask.index_select(0, &tg_first), c),
+            )),
+            _ => None,
+        };
+        let mut rows = Vec::new();
+        for i in 0..k {
+            let mut row = vec![x.get(i), cf.get(i)];
+            if let Some((tcf, tm)) = &truth {
+                row.push(tcf.get(i));
+                row.push(sal.get(i));
+                row.push(tm.get(i));
+            } else {
+                row.push(sal.get(i));
+            }
+            rows.push(Tensor::stack(&row, 0));
+        }
+        let ncol = rows[0].size()[0];
+        let caption = if truth.is_some() {
+            "Background counterparts of target images. Columns: input | counterpart (z, 0) | true counterpart | saliency map |x - counterpart| | true salient mask."
+        } else {
+            "Background counterparts of target images. Columns: input | counterpart (z, 0) | saliency map |x - counterpart|."
+        };
+        grids.push(Grid {
+            name: "counterparts".into(),
+            caption: caption.into(),
+            images: Tensor::cat(&rows, 0),
+            ncol: ncol as usize,
+        });
+    }
+
+    // Swaps.
+    if nb > 0 && nt > 0 {
+        let (kb, kt) = (nb.min(6), nt.min(6));
+        let donors = first(g.x_t, kt);
+        let mut rows = vec![Tensor::cat(
+            &[donors.zeros_like().narrow(0, 0, 1), donors],
+            0,
+        )];
+        for i in 0..kb {
+            let own = g.code_bg.narrow(i, 1);
+            let own_rep =
+                CaCode::new(own.z.repeat([kt, 1]), own.s.repeat([kt, 1])).without_salient();
+            let new = CaCode::with_salient(own_rep.z.shallow_clone(), g.code_t.s.narrow(0, 0, kt));
+            let xi = g.x_bg.narrow(0, i, 1).repeat([kt, 1, 1, 1]);
+            let sw = edit_all(m, &xi, &own_rep, &new, kt);
+            rows.push(Tensor::cat(&[g.x_bg.narrow(0, i, 1), sw], 0));
+        }
+        grids.push(Grid {
+            name: "swaps".into(),
+            caption: format!(
+                "Salient transfer. First row: {kt} target images (donors of s). First column: {kb} background images (give z). Cell (i, j): (z of background i, s of target j)."
+            ),
+            images: Tensor::cat(&rows, 0),
+            ncol: (kt + 1) as usize,
+        });
+    }
+
+    // Traversals.
+    if nt > 0 && m.ds() > 0 {
+        let (k, dims, steps, range) = (nt.min(4), m.ds().min(8), 7i64, 3.0);
+        let values = Tensor::linspace(-range, range, steps, (Kind::Float, Device::Cpu));
+        let mut rows = Vec::new();
+        for i in 0..k {
+            let oi = g.code_t.narrow(i, 1);
+            let own = CaCode::new(oi.z.repeat([steps, 1]), oi.s.repeat([steps, 1]));
+            let xi = g.x_t.narrow(0, i, 1).repeat([steps, 1, 1, 1]);
+            for d in 0..dims {
+                let s = own.s.copy();
+                s.narrow(1, d, 1).copy_(&values.view([steps, 1]));
+                let new = CaCode::with_salient(own.z.shallow_clone(), s);
+                rows.push(edit_all(m, &xi, &own, &new, steps));
+            }
+        }
+        grids.push(Grid {
+            name: "traversals".into(),
+            caption: format!(
+                "Salient traversals. {k} target images x {dims} salient dimensions (rows, image-major: image 0 s_0..s_{}, image 1 ...); columns: s_k from -{range} to {range} in {steps} steps, other coordinates from the image's own code.",
+                dims - 1
+            ),
+            images: Tensor::cat(&rows, 0),
+            ncol: steps as usize,
+        });
+    }
+
+    // Samples.
+    let (kb, kt) = (g.gen_bg.size()[0].min(16), g.gen_t.size()[0].min(16));
+    if kb + kt > 0 {
+        grids.push(Grid {
+            name: "samples".into(),
+            caption: format!(
+                "Random samples. First {kb} images: background (z ~ prior, s = 0); then {kt} target (z, s ~ prior). 8 per row."
+            ),
+            images: Tensor::cat(&[first(g.gen_bg, kb), first(g.gen_t, kt)], 0),
+            ncol: 8,
+        });
+    }
+    grids
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ca_data::{DataConfig, Split, SyntheticConfig, load_eval_set};
+    use ca_models::ImageGeometry;
+
+    /// A fake model that looks images up in a table: `z = [row index, 0]`, `s = [is_target,
+    /// one-hot overlay type]`. Decoding `(z, s)` gives the table image when `s != 0`, and the
+    /// exact counterpart (an oracle) or the image again (`identity`) when `s = 0`.
+    struct LookupModel {
+        images: Tensor,
+        counterparts: Tensor,
+        salient: Tensor,
+        identity: bool,
+    }
+
+    impl LookupModel {
+        fn new(set: &EvalSet, identity: bool) -> Self {
+            let group: Vec<i64> = Vec::<i64>::try_from(&set.group).unwrap();
+            let types = &set
+                .labels
+                .iter()
+                .find(|c| c.name == "overlay_type")
+                .unwrap()
+                .values;
+            let mut s = Vec::new();
+            for (i, g) in group.iter().enumerate() {
+                s.push(*g as f32);
+                for k in 0..3 {
+                    s.push(if *g != 0 && types[i] as i64 == k {
+                        1.0
+                    } else {
+                        0.0
+                    });
+                }
+            }
+            LookupModel {
+                images: ca_data::loader::u8_to_unit(&set.images),
+                counterparts: ca_data::loader::u8_to_unit(set.counterpart.as_ref().unwrap()),
+                salient: Tensor::from_slice(&s).view([-1, 4]),
+                identity,
+            }
+        }
+    }
+
+    impl CaModel for LookupModel {
+        fn family(&self) -> &'static str {
+            "lookup"
+        }
+        fn geometry(&self) -> ImageGeometry {
+            ImageGeometry {
+                channels: 3,
+                size: 32,
+            }
+        }
+        fn device(&self) -> Device {
+            Device::Cpu
+        }
+        fn dz(&self) -> i64 {
+            2
+        }
+        fn ds(&self) -> i64 {
+            4
+        }
+        fn encode(&self, x: &Tensor) -> CaCode {
+            let (a, b) = (
+                x.flatten(1, -1).to_kind(Kind::Double),
+                self.images.flatten(1, -1).to_kind(Kind::Double),
+            );
+            let d = b
+                .square()
+                .sum_dim_intlist(1, false, Kind::Double)
+                .unsqueeze(0)
+                - a.matmul(&b.transpose(0, 1)) * 2.0;
+            let idx = d.argmin(1, false);
+            let z = Tensor::stack(
+                &[
+                    idx.to_kind(Kind::Float),
+                    idx.zeros_like().to_kind(Kind::Float),
+                ],
+                1,
+            );
+            CaCode::new(z, self.salient.index_select(0, &idx))
+        }
+        fn decode(&self, code: &CaCode, _seed: u64) -> Tensor {
+            let idx = code.z.select(1, 0).round().to_kind(Kind::Int64);
+            let img = self.images.index_select(0, &idx);
+            if self.identity {
+                return img;
+            }
+            let zero = code.s.abs().sum_dim_intlist(1, false, Kind::Float).eq(0.0);
+            self.counterparts
+                .index_select(0, &idx)
+                .where_self(&zero.view([-1, 1, 1, 1]), &img)
+        }
+        fn edit(&self, _x: &Tensor, _own: &CaCode, new: &CaCode) -> Tensor {
+            self.decode(new, 0)
+        }
+        fn sample_codes(&self, n: i64, target: bool, _seed: u64) -> CaCode {
+            let m = self.images.size()[0];
+            let idx = Tensor::arange(n, (Kind::Int64, Device::Cpu)).remainder(m);
+            let z = Tensor::stack(
+                &[
+                    idx.to_kind(Kind::Float),
+                    idx.zeros_like().to_kind(Kind::Float),
+                ],
+                1,
+            );
+            let s = if target {
+                Tensor::ones([n, 4], (Kind::Float, Device::Cpu))
+            } else {
+                Tensor::zeros([n, 4], (Kind::Float, Device::Cpu))
+            };
+            CaCode::new(z, s)
+        }
+    }
+
+    fn small_set() -> EvalSet {
+        let cfg = DataConfig::Synthetic(SyntheticConfig {
+            n_background: 60,
+            n_target: 60,
+            size: Some(32),
+            ..Default::default()
+        });
+        let ds = cfg.open().unwrap();
+        load_eval_set(ds.as_ref(), Split::All).unwrap()
+    }
+
+    fn options() -> EvalOptions {
+        EvalOptions {
+            folds: 3,
+            l2: 1.0,
+            batch_size: 50,
+            seed: 0,
+            salient_labels: None,
+            classifier: ClassifierOptions {
+                steps: 20,
+                ..Default::default()
+            },
+        }
+    }
+
+    fn info() -> RunInfo {
+        RunInfo {
+            model: "lookup".into(),
+            dataset: "synthetic".into(),
+            steps: 7,
+            wall_clock_s: 1.5,
+            split: "all".into(),
+        }
+    }
+
+    #[test]
+    fn select_balanced_is_balanced_deterministic_and_tops_up() {
+        let group: Vec<i64> = (0..100).map(|i| i64::from(i % 4 == 0)).collect(); // 25 target
+        let a = select_balanced(&group, 20, 3);
+        assert_eq!(a, select_balanced(&group, 20, 3));
+        assert_eq!(a.len(), 20);
+        assert_eq!(a.iter().filter(|&&i| group[i] == 1).count(), 10);
+        assert!(a.windows(2).all(|w| w[0] < w[1]));
+        // Only 25 target rows: the background set tops up.
+        let b = select_balanced(&group, 60, 3);
+        assert_eq!(b.iter().filter(|&&i| group[i] == 1).count(), 25);
+        assert_eq!(b.len(), 60);
+        // More than there is: everything.
+        assert_eq!(select_balanced(&group, 1000, 0).len(), 100);
+    }
+
+    #[test]
+    fn oracle_beats_baselines_identity_does_not_and_schema_holds() {
+        let set = small_set();
+        let oracle = LookupModel::new(&set, false);
+        let ev = evaluate(&oracle, &set, &info(), &options()).unwrap();
+        let gt = ev.metrics.ground_truth.as_ref().unwrap();
+        assert!(gt.counterfactual.counterfactual_gain_db > 10.0, "{gt:?}");
+        assert!(gt.counterfactual.counterfactual_ssim > 0.99, "{gt:?}");
+        assert!(gt.counterfactual.mask_error_inside < 1e-6, "{gt:?}");
+        assert!(gt.saliency_iou > 0.7, "{gt:?}");
+        let sep = &ev.metrics.separation;
+        assert_eq!(sep.salient_label.as_deref(), Some("overlay_type"));
+        assert_eq!(sep.common_label.as_deref(), Some("shape"));
+        assert!(sep.salient_from_s.unwrap().accuracy > 0.95, "{sep:?}");
+        assert!(sep.dataset_from_s.unwrap().accuracy > 0.95, "{sep:?}");
+        assert_eq!(gt.probe_matrix["z"].len(), 17);
+        assert_eq!(gt.probe_matrix["s"].len(), 17);
+        assert!(ev.metrics.reconstruction.target_psnr_db.unwrap() > 90.0);
+        assert!(ev.metrics.quality.dfd.unwrap().is_finite());
+        assert!(ev.metrics.quality.fid.is_none());
+        let names: Vec<&str> = ev.grids.iter().map(|g| g.name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "reconstructions",
+                "counterparts",
+                "swaps",
+                "traversals",
+                "samples"
+            ]
+        );
+        for g in &ev.grids {
+            assert_eq!(g.images.size()[0] % g.ncol as i64, 0, "{}", g.name);
+        }
+
+        check_schema_and_report(&ev);
+
+        let identity = LookupModel::new(&set, true);
+        let ev = evaluate(&identity, &set, &info(), &options()).unwrap();
+        let gt = ev.metrics.ground_truth.unwrap();
+        assert!(gt.counterfactual.counterfactual_gain_db <= 0.0, "{gt:?}");
+        assert!(
+            (gt.counterfactual.counterfactual_psnr_db - gt.counterfactual.identity_psnr_db).abs()
+                < 1e-9
+        );
+    }
+
+    #[test]
+    fn subset_keeps_rows_and_ground_truth() {
+        let set = small_set();
+        let rows = select_balanced(&Vec::<i64>::try_from(&set.group).unwrap(), 20, 0);
+        let sub = subset(&set, &rows);
+        assert_eq!(sub.len(), 20);
+        assert_eq!(sub.labels[3].values.len(), 20);
+        assert_eq!(
+            sub.indices,
+            rows.iter().map(|&r| set.indices[r]).collect::<Vec<_>>()
+        );
+        assert!(
+            sub.counterpart
+                .unwrap()
+                .get(5)
+                .equal(&set.counterpart.unwrap().get(rows[5] as i64))
+        );
+        assert_eq!(sub.group.sum(Kind::Int64).int64_value(&[]), 10);
+    }
+
+    /// The schema of `metrics.json`: every key of the documented schema exists, the file is
+    /// written with the report and reads back.
+    fn check_schema_and_report(ev: &Evaluation) {
+        let v = serde_json::to_value(&ev.metrics).unwrap();
+        for k in [
+            "model",
+            "dataset",
+            "steps",
+            "wall_clock_s",
+            "separation",
+            "ground_truth",
+            "reconstruction",
+            "quality",
+        ] {
+            assert!(v.get(k).is_some(), "missing {k}");
+        }
+        for k in [
+            "salient_from_s",
+            "salient_from_z",
+            "dataset_from_z",
+            "dataset_from_s",
+            "common_from_z",
+            "common_from_s",
+        ] {
+            let p = &v["separation"][k];
+            for f in ["accuracy", "std", "chance"] {
+                assert!(p[f].is_f64(), "separation.{k}.{f}");
+            }
+        }
+        for k in [
+            "counterfactual_psnr_db",
+            "identity_psnr_db",
+            "flat_psnr_db",
+            "counterfactual_gain_db",
+            "counterfactual_ssim",
+            "mask_error_inside",
+            "mask_error_outside",
+            "identity_error_inside",
+            "flat_error_outside",
+            "saliency_iou",
+            "swap_success",
+        ] {
+            assert!(v["ground_truth"][k].is_f64(), "ground_truth.{k}");
+        }
+        assert!(v["ground_truth"]["probe_matrix"]["z"]["shape"]["accuracy"].is_f64());
+        assert!(v["ground_truth"]["probe_matrix"]["s"]["obj_x"]["r2"].is_f64());
+        for k in ["background_psnr_db", "target_psnr_db"] {
+            assert!(v["reconstruction"][k].is_f64(), "reconstruction.{k}");
+        }
+        for k in ["fid", "kid", "dfd", "dkd"] {
+            assert!(v["quality"].get(k).is_some(), "quality.{k}");
+        }
+        assert!(v["quality"]["fid"].is_null() && v["quality"]["dfd"].is_f64());
+
+        // Written and read back, compared with itself.
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = report::prepare_eval_dir(tmp.path(), false).unwrap();
+        let other = ev.metrics.clone();
+        let files = report::write_eval(&dir, "run", ev, &[("other".into(), other)]).unwrap();
+        assert!(files.iter().all(|f| f.exists()));
+        let back = report::read_metrics(tmp.path()).unwrap();
+        // (floats may differ in the last bit: serde_json's default float parser)
+        assert_eq!(
+            back.separation.salient_label,
+            ev.metrics.separation.salient_label
+        );
+        assert_eq!(back.steps, 7);
+        let (a, b) = (
+            back.ground_truth
+                .unwrap()
+                .counterfactual
+                .counterfactual_gain_db,
+            ev.metrics
+                .ground_truth
+                .as_ref()
+                .unwrap()
+                .counterfactual
+                .counterfactual_gain_db,
+        );
+        assert!((a - b).abs() < 1e-9);
+        let md = std::fs::read_to_string(dir.join("report.md")).unwrap();
+        assert!(md.contains("| metric | run | other |"), "{md}");
+        assert!(md.contains("counterfactual gain (dB)"));
+        let html = std::fs::read_to_string(dir.join("report.html")).unwrap();
+        assert_eq!(html.matches("data:image/png;base64,").count(), 5);
+    }
+}
