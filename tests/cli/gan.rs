@@ -29,6 +29,8 @@ fn tiny(steps: u64) -> Vec<String> {
         "train.sample_every=0",
         "train.checkpoint_every=3",
         "train.threads=1",
+        "eval.folds=2",
+        "eval.batch_size=16",
     ]
     .iter()
     .map(|s| s.to_string())
@@ -116,9 +118,9 @@ fn tiny_gan_run_trains_resumes_exactly_and_serves_every_verb() {
             "data",
             "export-synthetic",
             "--n-background",
-            "5",
+            "12",
             "--n-target",
-            "5",
+            "12",
             "--out",
         ])
         .arg(&data));
@@ -133,7 +135,7 @@ fn tiny_gan_run_trains_resumes_exactly_and_serves_every_verb() {
         .arg(&csv));
     let text = std::fs::read_to_string(&csv).unwrap();
     let lines: Vec<&str> = text.lines().collect();
-    assert_eq!(lines.len(), 11, "header + 10 images");
+    assert_eq!(lines.len(), 25, "header + 24 images");
     assert_eq!(lines[0].split(',').count(), 2 + 6 + 2);
     assert!(lines[0].starts_with("file,split,common_0"), "{}", lines[0]);
     // Refuses to overwrite.
@@ -200,6 +202,55 @@ fn tiny_gan_run_trains_resumes_exactly_and_serves_every_verb() {
         (3 * 34 + 2, 2 * 34 + 2),
         "3 values x 2 salient dimensions"
     );
+
+    // Evaluation on the exported images (never trained on): metrics.json in the schema, reports.
+    ok(ca()
+        .arg("eval")
+        .arg("--run")
+        .arg(&full)
+        .arg("--data")
+        .arg(&data)
+        .arg("--all-images")
+        .args(["--device", "cpu"]));
+    let m: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(full.join("eval/metrics.json")).unwrap())
+            .unwrap();
+    for key in [
+        "model",
+        "dataset",
+        "steps",
+        "wall_clock_s",
+        "separation",
+        "ground_truth",
+        "reconstruction",
+        "quality",
+    ] {
+        assert!(m.get(key).is_some(), "metrics.json lacks `{key}`: {m}");
+    }
+    let gt = &m["ground_truth"];
+    for key in [
+        "counterfactual_psnr_db",
+        "identity_psnr_db",
+        "flat_psnr_db",
+        "counterfactual_gain_db",
+        "saliency_iou",
+        "swap_success",
+    ] {
+        assert!(gt[key].is_number(), "ground_truth.{key} = {}", gt[key]);
+    }
+    assert!(
+        m["quality"]["fid"].is_null(),
+        "no Inception weights: FID must be null"
+    );
+    assert!(full.join("eval/report.md").exists() && full.join("eval/report.html").exists());
+    let e = err(ca()
+        .arg("eval")
+        .arg("--run")
+        .arg(&full)
+        .arg("--data")
+        .arg(&data)
+        .arg("--all-images"));
+    assert!(e.contains("--force"), "{e}");
 }
 
 fn image_pixels(p: &Path) -> Vec<u8> {
