@@ -20,11 +20,18 @@ use clap::Args;
 pub const TORCH_VERSION: &str = "2.11.0";
 
 /// Options of `cargo xtask setup`.
-#[derive(Args, Default)]
+#[derive(Args)]
 pub struct Setup {
     /// Python interpreter used to create the venv.
     #[arg(long, default_value = "python3")]
     python: String,
+}
+
+impl Default for Setup {
+    /// What `cargo xtask setup` does with no options (used by `ci` and `quickstart`).
+    fn default() -> Self {
+        Setup { python: "python3".to_string() }
+    }
 }
 
 /// Where setup installs things, relative to the workspace root.
@@ -171,6 +178,28 @@ fn user_libtorch(layout: &Layout) -> Option<String> {
         || (path.is_relative() && path.ends_with(".libtorch/torch"))
         || path.parent().and_then(|p| p.canonicalize().ok()) == layout.dir.canonicalize().ok();
     (!ours).then(|| format!("LIBTORCH={}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_setup_uses_python3() {
+        // `ci` and `quickstart` call `Setup::default()`, which must match the CLI default.
+        assert_eq!(Setup::default().python, "python3");
+    }
+
+    #[test]
+    fn installed_version_needs_the_library_and_reads_version_py() {
+        let dir = tempfile::tempdir().unwrap();
+        let torch = dir.path().join("torch");
+        std::fs::create_dir_all(torch.join("lib")).unwrap();
+        std::fs::write(torch.join("version.py"), "__version__ = '2.11.0+cu130'\n").unwrap();
+        assert_eq!(installed_version(&torch), None, "no libtorch_cpu.so yet");
+        std::fs::write(torch.join("lib").join("libtorch_cpu.so"), b"").unwrap();
+        assert_eq!(installed_version(&torch).as_deref(), Some("2.11.0+cu130"));
+    }
 }
 
 /// The version recorded in `<torch>/version.py`, if libtorch is installed there.
