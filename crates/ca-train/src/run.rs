@@ -197,9 +197,9 @@ pub fn build_step(
             let nets = GanNets::build(g, geom, cfg.loss.z_adversary > 0.0, device)?;
             Ok(Box::new(GanStep::new(nets, &cfg.loss, &cfg.optim)))
         }
-        ModelConfig::Diffusion(_) => Err(TrainError::Unsupported(
-            "diffusion training is not built yet (issue #6)".into(),
-        )),
+        ModelConfig::Diffusion(d) => Ok(Box::new(crate::diffusion::build_step(
+            d, geom, &cfg.loss, &cfg.optim, device,
+        )?)),
     }
 }
 
@@ -627,11 +627,9 @@ pub fn load_run(
     };
     let model: Box<dyn CaModel> = match &cfg.model {
         ModelConfig::Gan(g) => Box::new(GanModel::load(g, geom, &tensors, &file, device)?),
-        ModelConfig::Diffusion(_) => {
-            return Err(TrainError::Unsupported(
-                "diffusion models are not built yet (issue #6)".into(),
-            ));
-        }
+        ModelConfig::Diffusion(d) => Box::new(crate::diffusion::DiffusionModel::load(
+            d, geom, &tensors, &file, device,
+        )?),
     };
     Ok((cfg, model, meta))
 }

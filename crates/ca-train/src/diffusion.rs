@@ -1,0 +1,1157 @@
+//! The CA-diffusion training step and the trained CA-diffusion model used for inference
+//! (DESIGN.md section 4.2).
+//!
+//! A diffusion autoencoder in the style of DiffAE (Preechakul, Chatthee, Wizadwongsa &
+//! Suwajanakorn 2022, arXiv 2111.15640) whose semantic code is split into common factors `z` and
+//! salient factors `s`:
+//!
+//! * the semantic encoder `E(x) -> (z, s)` and the conditional UNet `eps(x_t, t, z, s)` are
+//!   trained end to end by the denoising loss (DDPM eps-prediction, Ho, Jain & Abbeel 2020,
+//!   arXiv 2006.11239, or v-prediction, Salimans & Ho 2022, arXiv 2202.00512, as
+//!   `model.prediction` says), weighted by `loss.denoise`. Background rows condition the UNet on
+//!   `s = 0` ([`CaCode::masked_by_group`], when `loss.salient_masking`);
+//! * CA terms on the codes of real images: **salient-zero** (`loss.salient_zero`, L1 of the raw
+//!   predicted `s` of background rows, before masking); **dataset classification from `s`**
+//!   (`loss.class`): a linear head `logit = w . s + b` on the raw `s` of every row, BCE against
+//!   the group — with `s` of background rows pushed to 0 this asks target codes to move away from
+//!   0 in a readable direction; the head is a few parameters trained with the UNet and encoder
+//!   and is not part of the inference model; **common-code invariance**: MMD between the `z` of
+//!   background and target rows (`loss.mmd`, RBF bandwidths 0.5..8 as in the GAN), computed on
+//!   `z` divided by its detached batch standard deviation — the UNet reads `z` through a linear
+//!   layer, so without this the encoder can shrink `z` until every kernel is ~1 and the MMD ~0
+//!   (observed: 2e-5 after 600 steps with raw `z` of std 0.2) — and a linear
+//!   dataset classifier on `z` behind gradient reversal (`loss.z_adversary`, Ganin & Lempitsky
+//!   2015, arXiv 1409.7495);
+//! * one Adam (`optim.lr_g`, `optim.beta1/2`) over UNet + encoder + the two small heads, with
+//!   optional global gradient-norm clipping (`optim.grad_clip`, DiffAE: 1); EMA copies of the
+//!   UNet and the encoder (the inference networks), with a warm-up of the decay
+//!   ([`DiffusionStep::update_ema`]);
+//! * the **latent prior** ([`LatentPrior`], DiffAE's latent DDPM, small) is trained alongside,
+//!   on the detached codes that the EMA encoder gives the batch's images (eval mode), with its own
+//!   Adam (same learning rate and betas as the autoencoder, no EMA, no clipping). Its
+//!   normalisation statistics follow a running estimate: per-column mean and mean square of the
+//!   codes (`z` over all rows, `s` over target rows) with momentum [`PRIOR_STATS_MOMENTUM`],
+//!   written into the prior's `mean`/`std` before every prior update, so they are ready whenever
+//!   a checkpoint is written, and are saved with the resume state.
+//!
+//! **Sampling budgets** (not config keys; the model config is not this module's): sample grids
+//! use [`GRID_DDIM_STEPS`] deterministic DDIM steps from noise seeded by [`GRID_NOISE_SEED`];
+//! [`DiffusionModel::decode`] uses `CA_DDIM_STEPS` (env, default [`DEFAULT_DDIM_STEPS`]);
+//! [`DiffusionModel::edit`] inverts and re-decodes with `CA_INVERT_STEPS` (env, default
+//! [`DEFAULT_INVERT_STEPS`]); code sampling from the prior uses `CA_PRIOR_STEPS` (env, default
+//! [`DEFAULT_PRIOR_STEPS`]). Every count is capped at the schedule's `T`.
+//!
+//! Rows of a batch come background first (`n_bg` of them, known on the host), so per-group
+//! terms need no host sync; loss values stay on the device until the trainer logs them.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use ca_losses::{diffusion as dloss, info, invariance};
+use ca_models::diffusion::{
+    self as dm, CodeGroup, CondUnet, DdimOptions, DiffusionError, DiffusionModelConfig,
+    LatentPrior, NoiseSchedule, Prediction, SemanticEncoder, TorchNoise, ddim,
+};
+use ca_models::{CaCode, ImageGeometry};
+use tch::nn::{self, Module, VarStore};
+use tch::{Device, Kind, Tensor};
+
+use crate::adam::{Adam, AdamConfig};
+use crate::checkpoint::{self, CheckpointError};
+use crate::config::{LossConfig, OptimConfig};
+use crate::ema;
+use crate::gan::StepStats;
+use crate::model::CaModel;
+use crate::run::{TrainError, TrainStep};
+
+/// DDIM steps of the training sample grids (DiffAE samples with 20).
+pub const GRID_DDIM_STEPS: usize = 20;
+/// Seed of the noise `x_T` of the sample grids (fixed, so grids are comparable across steps).
+pub const GRID_NOISE_SEED: u64 = 0x5EED_D1FF;
+/// Default DDIM steps of [`DiffusionModel::decode`] (override: env `CA_DDIM_STEPS`).
+pub const DEFAULT_DDIM_STEPS: usize = 50;
+/// Default DDIM steps of the inversion and re-decoding in [`DiffusionModel::edit`]
+/// (override: env `CA_INVERT_STEPS`; DiffAE inverts with about 250).
+pub const DEFAULT_INVERT_STEPS: usize = 100;
+/// Default DDIM steps when drawing codes from the latent prior (override: env `CA_PRIOR_STEPS`).
+pub const DEFAULT_PRIOR_STEPS: usize = 50;
+/// Momentum of the running code statistics that normalise the latent prior (half-life about
+/// 69 steps).
+pub const PRIOR_STATS_MOMENTUM: f64 = 0.99;
+/// RBF bandwidths of the MMD between common codes (same as the CA-GAN).
+const MMD_BANDWIDTHS: [f64; 5] = [0.5, 1.0, 2.0, 4.0, 8.0];
+
+/// Errors of building or loading a CA-diffusion model.
+#[derive(Debug, thiserror::Error)]
+pub enum DiffusionTrainError {
+    /// The model config or geometry is invalid, or a sampler argument is.
+    #[error(transparent)]
+    Model(#[from] DiffusionError),
+    /// A checkpoint could not be read.
+    #[error(transparent)]
+    Checkpoint(#[from] CheckpointError),
+}
+
+impl From<DiffusionTrainError> for TrainError {
+    fn from(e: DiffusionTrainError) -> Self {
+        match e {
+            DiffusionTrainError::Checkpoint(c) => TrainError::Checkpoint(c),
+            DiffusionTrainError::Model(m) => {
+                TrainError::Config(crate::config::ConfigError::Invalid {
+                    origin: "[model] (diffusion)".into(),
+                    msg: m.to_string(),
+                })
+            }
+        }
+    }
+}
+
+/// A step count from an environment variable (`default` when unset or not a positive integer),
+/// capped at `t_max`.
+fn steps_from_env(var: &str, default: usize, t_max: i64) -> usize {
+    let n = std::env::var(var)
+        .ok()
+        .and_then(|v| v.trim().parse::<usize>().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or(default);
+    n.min(t_max.max(1) as usize)
+}
+
+/// Standard normal noise of `shape` drawn on the CPU from `seed` (identical on every device),
+/// moved to `device`. Reseeds libtorch's global generator.
+fn seeded_noise(shape: &[i64], seed: u64, device: Device) -> Tensor {
+    tch::manual_seed(crate::run::mix(seed) as i64);
+    Tensor::randn(shape, (Kind::Float, Device::Cpu)).to_device(device)
+}
+
+/// DDIM decoding of `code` from seeded noise in `steps` deterministic steps, `x0` clipped to
+/// `[-1, 1]` at each step.
+fn ddim_decode(
+    unet: &CondUnet,
+    schedule: &NoiseSchedule,
+    code: &CaCode,
+    seed: u64,
+    steps: usize,
+) -> Result<Tensor, DiffusionError> {
+    let g = unet.geometry();
+    let x_t = seeded_noise(
+        &[code.batch(), g.channels, g.size, g.size],
+        seed,
+        code.z.device(),
+    );
+    let opts = DdimOptions {
+        clip_x0: Some(1.0),
+        ..DdimOptions::deterministic(steps)
+    };
+    ddim::sample(unet, schedule, code, &x_t, &opts, &mut TorchNoise)
+}
+
+/// The networks of a CA-diffusion run, each in its own `VarStore`.
+pub struct DiffusionNets {
+    /// UNet weights.
+    pub unet_vs: VarStore,
+    /// The conditional UNet.
+    pub unet: CondUnet,
+    /// EMA UNet weights.
+    pub unet_ema_vs: VarStore,
+    /// EMA UNet (inference).
+    pub unet_ema: CondUnet,
+    /// Encoder weights.
+    pub enc_vs: VarStore,
+    /// The semantic encoder.
+    pub enc: SemanticEncoder,
+    /// EMA encoder weights.
+    pub enc_ema_vs: VarStore,
+    /// EMA encoder (inference; also gives the codes the latent prior learns).
+    pub enc_ema: SemanticEncoder,
+    /// Latent prior weights (with its normalisation statistics `mean`, `std`).
+    pub prior_vs: VarStore,
+    /// The latent prior over `[z, s]`.
+    pub prior: LatentPrior,
+    /// Training-only heads: `class` (dataset logit from `s`) and `z_adversary` (from `z`).
+    pub heads_vs: VarStore,
+    class_head: nn::Linear,
+    z_head: Option<nn::Linear>,
+    /// Noise schedule of the image model.
+    pub schedule: NoiseSchedule,
+    /// Noise schedule of the latent prior.
+    pub prior_schedule: NoiseSchedule,
+    /// Model config.
+    pub cfg: DiffusionModelConfig,
+    /// Image geometry.
+    pub geom: ImageGeometry,
+}
+
+impl DiffusionNets {
+    /// Build all networks on `device` (weights drawn from libtorch's global RNG: seed it first).
+    pub fn build(
+        cfg: &DiffusionModelConfig,
+        geom: ImageGeometry,
+        with_z_adversary: bool,
+        device: Device,
+    ) -> Result<Self, DiffusionTrainError> {
+        let unet_vs = VarStore::new(device);
+        let unet = dm::build_unet(&unet_vs.root(), cfg, geom)?;
+        let unet_ema_vs = VarStore::new(device);
+        let unet_ema = dm::build_unet(&unet_ema_vs.root(), cfg, geom)?;
+        ema::copy_all(&unet_ema_vs, &unet_vs).expect("same architecture");
+        let enc_vs = VarStore::new(device);
+        let enc = dm::build_encoder(&enc_vs.root(), cfg, geom)?;
+        let enc_ema_vs = VarStore::new(device);
+        let enc_ema = dm::build_encoder(&enc_ema_vs.root(), cfg, geom)?;
+        ema::copy_all(&enc_ema_vs, &enc_vs).expect("same architecture");
+        let prior_vs = VarStore::new(device);
+        let prior = dm::build_latent_prior(&prior_vs.root(), cfg)?;
+        let heads_vs = VarStore::new(device);
+        let class_head = nn::linear(heads_vs.root() / "class", cfg.ds, 1, Default::default());
+        let z_head = with_z_adversary.then(|| {
+            nn::linear(
+                heads_vs.root() / "z_adversary",
+                cfg.dz,
+                1,
+                Default::default(),
+            )
+        });
+        Ok(DiffusionNets {
+            unet_vs,
+            unet,
+            unet_ema_vs,
+            unet_ema,
+            enc_vs,
+            enc,
+            enc_ema_vs,
+            enc_ema,
+            prior_vs,
+            prior,
+            heads_vs,
+            class_head,
+            z_head,
+            schedule: NoiseSchedule::new(&cfg.schedule, device)?,
+            prior_schedule: NoiseSchedule::new(&cfg.latent_prior.schedule, device)?,
+            cfg: cfg.clone(),
+            geom,
+        })
+    }
+
+    /// Named tensors for inference (`model.safetensors`): EMA UNet (`unet.`), EMA encoder
+    /// (`enc.`), latent prior with its statistics (`prior.`).
+    pub fn model_tensors(&self) -> Vec<(String, Tensor)> {
+        let mut v = checkpoint::named(&self.unet_ema_vs, "unet.");
+        v.extend(checkpoint::named(&self.enc_ema_vs, "enc."));
+        v.extend(checkpoint::named(&self.prior_vs, "prior."));
+        v
+    }
+
+    /// All network weights for resuming (without optimiser moments).
+    pub fn state_tensors(&self) -> Vec<(String, Tensor)> {
+        let mut v = checkpoint::named(&self.unet_vs, "unet.");
+        v.extend(checkpoint::named(&self.unet_ema_vs, "unet_ema."));
+        v.extend(checkpoint::named(&self.enc_vs, "enc."));
+        v.extend(checkpoint::named(&self.enc_ema_vs, "enc_ema."));
+        v.extend(checkpoint::named(&self.prior_vs, "prior."));
+        v.extend(checkpoint::named(&self.heads_vs, "heads."));
+        v
+    }
+
+    /// Restore from `state.safetensors` tensors.
+    pub fn load_state(
+        &self,
+        t: &HashMap<String, Tensor>,
+        file: &Path,
+    ) -> Result<(), CheckpointError> {
+        checkpoint::load_var_store(&self.unet_vs, t, "unet.", file)?;
+        checkpoint::load_var_store(&self.unet_ema_vs, t, "unet_ema.", file)?;
+        checkpoint::load_var_store(&self.enc_vs, t, "enc.", file)?;
+        checkpoint::load_var_store(&self.enc_ema_vs, t, "enc_ema.", file)?;
+        checkpoint::load_var_store(&self.prior_vs, t, "prior.", file)?;
+        checkpoint::load_var_store(&self.heads_vs, t, "heads.", file)
+    }
+
+    /// The prior's normalisation variables `(mean, std)` (shallow handles into its `VarStore`).
+    fn prior_stats_vars(&self) -> (Tensor, Tensor) {
+        let vars = self.prior_vs.variables();
+        (
+            vars.get("mean")
+                .expect("latent prior has `mean`")
+                .shallow_clone(),
+            vars.get("std")
+                .expect("latent prior has `std`")
+                .shallow_clone(),
+        )
+    }
+}
+
+/// Mean of a per-sample loss over the rows where `weight` (0/1, `[B]`) is 1 (0 when none).
+fn masked_mean(per_sample: &Tensor, weight: &Tensor) -> Tensor {
+    (per_sample * weight).sum(Kind::Float) / weight.sum(Kind::Float).clamp_min(1.0)
+}
+
+/// The random draws of one training step.
+pub struct StepNoise {
+    /// Timesteps of the image model, `[B]` int64.
+    pub t: Tensor,
+    /// Noise added to the images, `[B, C, H, W]`.
+    pub noise: Tensor,
+    /// Timesteps of the latent prior, `[B]` int64.
+    pub t_prior: Tensor,
+    /// Noise added to the normalised codes, `[B, dz + ds]`.
+    pub noise_prior: Tensor,
+}
+
+/// The CA-diffusion training step: networks, optimisers, loss weights, running code statistics.
+pub struct DiffusionStep {
+    /// The networks.
+    pub nets: DiffusionNets,
+    /// Adam over UNet + encoder + training heads.
+    pub opt: Adam,
+    /// Adam of the latent prior.
+    pub opt_prior: Adam,
+    loss: LossConfig,
+    base_lr: f64,
+    grad_clip: f64,
+    /// Running mean of `[z, s]` columns (z: all rows; s: target rows).
+    stats_mean: Tensor,
+    /// Running mean square of the same.
+    stats_sq: Tensor,
+}
+
+impl DiffusionStep {
+    /// Optimisers over the networks, from `[optim]`.
+    pub fn new(nets: DiffusionNets, loss: &LossConfig, optim: &OptimConfig) -> Self {
+        let cfg = AdamConfig {
+            lr: optim.lr_g,
+            beta1: optim.beta1,
+            beta2: optim.beta2,
+            eps: 1e-8,
+            weight_decay: 0.0,
+        };
+        let mut params = checkpoint::named(&nets.unet_vs, "unet.");
+        params.extend(checkpoint::named(&nets.enc_vs, "enc."));
+        params.extend(checkpoint::named(&nets.heads_vs, "heads."));
+        let opt = Adam::new(params, cfg);
+        let opt_prior = Adam::for_var_store(&nets.prior_vs, cfg);
+        let d = nets.cfg.dz + nets.cfg.ds;
+        let dev = nets.unet_vs.device();
+        DiffusionStep {
+            opt,
+            opt_prior,
+            loss: loss.clone(),
+            base_lr: optim.lr_g,
+            grad_clip: optim.grad_clip,
+            stats_mean: Tensor::zeros([d], (Kind::Float, dev)),
+            stats_sq: Tensor::ones([d], (Kind::Float, dev)),
+            nets,
+        }
+    }
+
+    /// Scale the learning rates by `factor` (the schedule).
+    pub fn set_lr_factor(&mut self, factor: f64) {
+        self.opt.config.lr = self.base_lr * factor;
+        self.opt_prior.config.lr = self.base_lr * factor;
+    }
+
+    /// One optimisation step of the autoencoder (UNet + encoder) and one of the latent prior,
+    /// on real images `x` (`[B, C, H, W]` in `[-1, 1]`) whose first `n_bg` rows are background.
+    /// `step` is the 0-based step index (step 0 initialises the running code statistics).
+    pub fn step(&mut self, x: &Tensor, n_bg: i64, step: u64) -> StepStats {
+        let b = x.size()[0];
+        let dev = x.device();
+        let draws = StepNoise {
+            t: self.nets.schedule.random_timesteps(b, dev),
+            noise: x.randn_like(),
+            t_prior: self.nets.prior_schedule.random_timesteps(b, dev),
+            noise_prior: Tensor::randn([b, self.nets.prior.dim()], (Kind::Float, dev)),
+        };
+        self.step_with(x, n_bg, step, &draws)
+    }
+
+    /// [`DiffusionStep::step`] with given random draws (dropout still uses torch's generator).
+    pub fn step_with(&mut self, x: &Tensor, n_bg: i64, step: u64, draws: &StepNoise) -> StepStats {
+        let b = x.size()[0];
+        let dev = x.device();
+        let n_t = b - n_bg;
+        let is_target = Tensor::cat(
+            &[
+                Tensor::zeros([n_bg], (Kind::Float, dev)),
+                Tensor::ones([n_t], (Kind::Float, dev)),
+            ],
+            0,
+        );
+        let is_bg = 1.0 - &is_target;
+        let l = self.loss.clone();
+        let mut stats: StepStats = Vec::new();
+
+        // ---------------- autoencoder: E and the UNet, end to end ----------------
+        self.opt.zero_grad();
+        let raw = self.nets.enc.forward_t(x, true);
+        let cond = if l.salient_masking {
+            raw.masked_by_group(&is_target)
+        } else {
+            raw.shallow_clone()
+        };
+        let (t, noise) = (&draws.t, &draws.noise);
+        let x_t = self.nets.schedule.q_sample(x, t, noise);
+        let pred = self.nets.unet.forward_t(&x_t, t, &cond, true);
+        let denoise = match self.nets.cfg.prediction {
+            Prediction::Eps => dloss::eps_mse(&pred, noise),
+            Prediction::V => dloss::v_mse(&pred, &self.nets.schedule.v_target(x, t, noise)),
+        }
+        .mean(Kind::Float);
+        let mut loss = &denoise * l.denoise;
+        stats.push(("denoise", denoise.detach()));
+        if l.salient_zero > 0.0 && l.salient_masking {
+            let t = masked_mean(&info::salient_zero(&raw.s), &is_bg);
+            loss += &t * l.salient_zero;
+            stats.push(("salient_zero", t.detach()));
+        }
+        if l.class > 0.0 {
+            let logits = self.nets.class_head.forward(&raw.s).squeeze_dim(1);
+            let t = info::class_bce(&logits, &is_target).mean(Kind::Float);
+            loss += &t * l.class;
+            stats.push(("class", t.detach()));
+        }
+        if l.mmd > 0.0 && n_bg >= 2 && n_t >= 2 {
+            // Scale-free: z over its (detached) batch std, so shrinking z cannot hide it.
+            let zn = &raw.z / (raw.z.detach().std(true) + 1e-6);
+            let t = invariance::mmd_rbf(
+                &zn.narrow(0, 0, n_bg),
+                &zn.narrow(0, n_bg, n_t),
+                &MMD_BANDWIDTHS,
+            );
+            loss += &t * l.mmd;
+            stats.push(("mmd", t.detach()));
+        }
+        if l.z_adversary > 0.0
+            && let Some(head) = &self.nets.z_head
+        {
+            let logits = head
+                .forward(&invariance::gradient_reversal(&raw.z, 1.0))
+                .squeeze_dim(1);
+            let t = info::class_bce(&logits, &is_target).mean(Kind::Float);
+            loss += &t * l.z_adversary;
+            stats.push(("z_adversary", t.detach()));
+        }
+        loss.backward();
+        if self.grad_clip > 0.0 {
+            let norm = self.opt.clip_grad_norm(self.grad_clip);
+            stats.push(("grad_norm", norm.to_device(dev)));
+        }
+        self.opt.step();
+        stats.push(("loss", loss.detach()));
+
+        // ---------------- latent prior, on the EMA encoder's codes ----------------
+        let codes = tch::no_grad(|| self.nets.enc_ema.forward_t(x, false));
+        self.update_code_statistics(&codes, n_bg, step == 0);
+        self.opt_prior.zero_grad();
+        let (pp, tgt) = self.nets.prior.training_pair(
+            &self.nets.prior_schedule,
+            &codes,
+            &is_target,
+            &draws.t_prior,
+            &draws.noise_prior,
+        );
+        let prior_loss = dloss::eps_mse(&pp, &tgt).mean(Kind::Float);
+        prior_loss.backward();
+        self.opt_prior.step();
+        stats.push(("prior", prior_loss.detach()));
+        stats
+    }
+
+    /// Update the running code statistics with this batch and write them into the prior's
+    /// normalisation (`init`: replace instead of averaging). No host sync.
+    fn update_code_statistics(&mut self, codes: &CaCode, n_bg: i64, init: bool) {
+        let _g = tch::no_grad_guard();
+        let dz = self.nets.cfg.dz;
+        let b = codes.batch();
+        let dims = [0i64].as_slice();
+        let z = codes.z.to_kind(Kind::Float);
+        let z_mean = z.mean_dim(dims, false, Kind::Float);
+        let z_sq = z.square().mean_dim(dims, false, Kind::Float);
+        let (s_mean, s_sq) = if b - n_bg > 0 {
+            let s = codes.s.narrow(0, n_bg, b - n_bg).to_kind(Kind::Float);
+            (
+                s.mean_dim(dims, false, Kind::Float),
+                s.square().mean_dim(dims, false, Kind::Float),
+            )
+        } else {
+            // No target rows: keep the running s statistics.
+            (
+                self.stats_mean.narrow(0, dz, self.nets.cfg.ds).copy(),
+                self.stats_sq.narrow(0, dz, self.nets.cfg.ds).copy(),
+            )
+        };
+        let m = Tensor::cat(&[z_mean, s_mean], 0);
+        let q = Tensor::cat(&[z_sq, s_sq], 0);
+        if init {
+            self.stats_mean.copy_(&m);
+            self.stats_sq.copy_(&q);
+        } else {
+            let _ = self.stats_mean.lerp_(&m, 1.0 - PRIOR_STATS_MOMENTUM);
+            let _ = self.stats_sq.lerp_(&q, 1.0 - PRIOR_STATS_MOMENTUM);
+        }
+        let std = (&self.stats_sq - self.stats_mean.square())
+            .clamp_min(1e-12)
+            .sqrt()
+            .clamp_min(1e-6);
+        let (mut mean_var, mut std_var) = self.nets.prior_stats_vars();
+        mean_var.copy_(&self.stats_mean);
+        std_var.copy_(&std);
+    }
+
+    /// EMA update of the UNet and the encoder towards the live weights, with warm-up: after
+    /// `n` optimiser steps the decay used is `min(decay, (1 + n) / (10 + n))` (the EMA warm-up
+    /// of timm / diffusers), so early averages do not drag the zero-initialised output layers
+    /// and the random initial weights along for thousands of images; it reaches the configured
+    /// decay after about `9 / (1 - decay)` steps. `n` is saved with the optimiser, so resume is
+    /// exact.
+    pub fn update_ema(&self, decay: f64) {
+        let n = self.opt.steps() as f64;
+        let decay = decay.min((1.0 + n) / (10.0 + n));
+        ema::update(&self.nets.unet_ema_vs, &self.nets.unet_vs, decay).expect("same architecture");
+        ema::update(&self.nets.enc_ema_vs, &self.nets.enc_vs, decay).expect("same architecture");
+    }
+
+    /// Optimiser states and running statistics for the checkpoint.
+    pub fn extra_state_tensors(&self) -> Vec<(String, Tensor)> {
+        let mut v: Vec<(String, Tensor)> = Vec::new();
+        for (prefix, o) in [("opt.", &self.opt), ("opt_prior.", &self.opt_prior)] {
+            v.extend(
+                o.state()
+                    .into_iter()
+                    .map(|(n, t)| (format!("{prefix}{n}"), t)),
+            );
+        }
+        v.push(("code_stats.mean".into(), self.stats_mean.shallow_clone()));
+        v.push(("code_stats.sq".into(), self.stats_sq.shallow_clone()));
+        v
+    }
+
+    /// Restore optimiser states and running statistics.
+    pub fn load_extra_state(
+        &mut self,
+        t: &HashMap<String, Tensor>,
+        file: &Path,
+    ) -> Result<(), CheckpointError> {
+        let sub = |prefix: &str| -> HashMap<String, Tensor> {
+            t.iter()
+                .filter_map(|(k, v)| {
+                    k.strip_prefix(prefix)
+                        .map(|r| (r.to_string(), v.shallow_clone()))
+                })
+                .collect()
+        };
+        let err = |msg: String| CheckpointError::Meta {
+            path: file.to_path_buf(),
+            msg,
+        };
+        self.opt.load_state(&sub("opt.")).map_err(err)?;
+        self.opt_prior.load_state(&sub("opt_prior.")).map_err(err)?;
+        let _g = tch::no_grad_guard();
+        for (name, dst) in [
+            ("code_stats.mean", &mut self.stats_mean),
+            ("code_stats.sq", &mut self.stats_sq),
+        ] {
+            let src = t.get(name).ok_or_else(|| CheckpointError::MissingTensor {
+                name: name.into(),
+                file: file.to_path_buf(),
+            })?;
+            if src.size() != dst.size() {
+                return Err(CheckpointError::Shape {
+                    name: name.into(),
+                    file: file.to_path_buf(),
+                    found: src.size(),
+                    expected: dst.size(),
+                });
+            }
+            dst.copy_(src);
+        }
+        Ok(())
+    }
+
+    /// Images decoded from fixed codes by the EMA UNet for the sample grids. The grid codes are
+    /// standard normal draws (`s = 0` rows for background); they are read as standardised codes
+    /// and mapped through the running per-column mean and std of the encoder's codes (rows whose
+    /// `s` is exactly 0 keep `s = 0`), then decoded with [`GRID_DDIM_STEPS`] DDIM steps from
+    /// noise seeded by [`GRID_NOISE_SEED`].
+    pub fn grid_samples(&self, codes: &CaCode) -> Tensor {
+        let _g = tch::no_grad_guard();
+        let dz = self.nets.cfg.dz;
+        let ds = self.nets.cfg.ds;
+        let dev = self.nets.unet_vs.device();
+        let (mean, std) = self.nets.prior_stats_vars();
+        let codes = codes.to_device(dev).to_float();
+        let z = &codes.z * std.narrow(0, 0, dz) + mean.narrow(0, 0, dz);
+        let has_s = codes
+            .s
+            .abs()
+            .sum_dim_intlist([1i64].as_slice(), true, Kind::Float)
+            .gt(0.0)
+            .to_kind(Kind::Float);
+        let s = (&codes.s * std.narrow(0, dz, ds) + mean.narrow(0, dz, ds)) * has_s;
+        let code = CaCode::with_salient(z, s);
+        let steps = GRID_DDIM_STEPS.min(self.nets.schedule.timesteps() as usize);
+        ddim_decode(
+            &self.nets.unet_ema,
+            &self.nets.schedule,
+            &code,
+            GRID_NOISE_SEED,
+            steps,
+        )
+        .expect("grid steps are capped at T")
+    }
+}
+
+impl TrainStep for DiffusionStep {
+    fn train_step(&mut self, x: &Tensor, n_bg: i64, step: u64) -> Result<StepStats, TrainError> {
+        Ok(self.step(x, n_bg, step))
+    }
+    fn set_lr_factor(&mut self, factor: f64) {
+        DiffusionStep::set_lr_factor(self, factor)
+    }
+    fn update_ema(&self, decay: f64) {
+        DiffusionStep::update_ema(self, decay)
+    }
+    fn model_tensors(&self) -> Vec<(String, Tensor)> {
+        self.nets.model_tensors()
+    }
+    fn state_tensors(&self) -> Vec<(String, Tensor)> {
+        let mut v = self.nets.state_tensors();
+        v.extend(self.extra_state_tensors());
+        v
+    }
+    fn load_state(
+        &mut self,
+        tensors: &HashMap<String, Tensor>,
+        file: &Path,
+    ) -> Result<(), CheckpointError> {
+        self.nets.load_state(tensors, file)?;
+        self.load_extra_state(tensors, file)
+    }
+    fn samples(&self, codes: &CaCode) -> Tensor {
+        self.grid_samples(codes)
+    }
+    fn summary(&self) -> String {
+        let count = |vs: &VarStore| -> i64 {
+            vs.trainable_variables()
+                .iter()
+                .map(|t| t.size().iter().product::<i64>())
+                .sum()
+        };
+        format!(
+            "diffusion UNet: {} parameters\nsemantic encoder: {} parameters\nlatent prior: {} parameters\nprediction: {:?}, T = {}\n",
+            count(&self.nets.unet_vs),
+            count(&self.nets.enc_vs),
+            count(&self.nets.prior_vs),
+            self.nets.cfg.prediction,
+            self.nets.schedule.timesteps()
+        )
+    }
+}
+
+/// Build the diffusion training step of a run (used by `run::build_step`).
+pub fn build_step(
+    cfg: &DiffusionModelConfig,
+    geom: ImageGeometry,
+    loss: &LossConfig,
+    optim: &OptimConfig,
+    device: Device,
+) -> Result<DiffusionStep, DiffusionTrainError> {
+    let nets = DiffusionNets::build(cfg, geom, loss.z_adversary > 0.0, device)?;
+    Ok(DiffusionStep::new(nets, loss, optim))
+}
+
+/// A trained CA-diffusion model for inference: EMA UNet, EMA encoder, latent prior.
+pub struct DiffusionModel {
+    unet_vs: VarStore,
+    unet: CondUnet,
+    #[allow(dead_code)]
+    enc_vs: VarStore,
+    enc: SemanticEncoder,
+    #[allow(dead_code)]
+    prior_vs: VarStore,
+    prior: LatentPrior,
+    schedule: NoiseSchedule,
+    prior_schedule: NoiseSchedule,
+    dz: i64,
+    ds: i64,
+    geom: ImageGeometry,
+}
+
+impl DiffusionModel {
+    /// Build the inference networks and fill them from `model.safetensors` tensors.
+    pub fn load(
+        cfg: &DiffusionModelConfig,
+        geom: ImageGeometry,
+        tensors: &HashMap<String, Tensor>,
+        file: &Path,
+        device: Device,
+    ) -> Result<Self, DiffusionTrainError> {
+        let unet_vs = VarStore::new(device);
+        let unet = dm::build_unet(&unet_vs.root(), cfg, geom)?;
+        checkpoint::load_var_store(&unet_vs, tensors, "unet.", file)?;
+        let enc_vs = VarStore::new(device);
+        let enc = dm::build_encoder(&enc_vs.root(), cfg, geom)?;
+        checkpoint::load_var_store(&enc_vs, tensors, "enc.", file)?;
+        let prior_vs = VarStore::new(device);
+        let prior = dm::build_latent_prior(&prior_vs.root(), cfg)?;
+        checkpoint::load_var_store(&prior_vs, tensors, "prior.", file)?;
+        Ok(DiffusionModel {
+            unet_vs,
+            unet,
+            enc_vs,
+            enc,
+            prior_vs,
+            prior,
+            schedule: NoiseSchedule::new(&cfg.schedule, device)?,
+            prior_schedule: NoiseSchedule::new(&cfg.latent_prior.schedule, device)?,
+            dz: cfg.dz,
+            ds: cfg.ds,
+            geom,
+        })
+    }
+
+    /// DDIM inversion of images `x` under their codes `own`: the `x_T` that
+    /// [`DiffusionModel::decode_from`] maps back to `x` (env `CA_INVERT_STEPS` steps).
+    pub fn invert(&self, x: &Tensor, own: &CaCode) -> Tensor {
+        let steps = steps_from_env(
+            "CA_INVERT_STEPS",
+            DEFAULT_INVERT_STEPS,
+            self.schedule.timesteps(),
+        );
+        ddim::invert(&self.unet, &self.schedule, x, own, steps).expect("steps are capped at T")
+    }
+
+    /// Deterministic DDIM decoding of `code` from a given `x_T` (env `CA_INVERT_STEPS` steps, the
+    /// inversion's), output clamped to `[-1, 1]`.
+    pub fn decode_from(&self, x_t: &Tensor, code: &CaCode) -> Tensor {
+        let steps = steps_from_env(
+            "CA_INVERT_STEPS",
+            DEFAULT_INVERT_STEPS,
+            self.schedule.timesteps(),
+        );
+        ddim::sample(
+            &self.unet,
+            &self.schedule,
+            code,
+            x_t,
+            &DdimOptions::deterministic(steps),
+            &mut TorchNoise,
+        )
+        .expect("steps are capped at T")
+        .clamp(-1.0, 1.0)
+    }
+}
+
+impl CaModel for DiffusionModel {
+    fn family(&self) -> &'static str {
+        "diffusion"
+    }
+    fn geometry(&self) -> ImageGeometry {
+        self.geom
+    }
+    fn device(&self) -> Device {
+        self.unet_vs.device()
+    }
+    fn dz(&self) -> i64 {
+        self.dz
+    }
+    fn ds(&self) -> i64 {
+        self.ds
+    }
+    fn encode(&self, x: &Tensor) -> CaCode {
+        let _g = tch::no_grad_guard();
+        self.enc.forward_t(x, false)
+    }
+    fn decode(&self, code: &CaCode, seed: u64) -> Tensor {
+        let steps = steps_from_env(
+            "CA_DDIM_STEPS",
+            DEFAULT_DDIM_STEPS,
+            self.schedule.timesteps(),
+        );
+        let code = code.to_device(self.device()).to_float();
+        ddim_decode(&self.unet, &self.schedule, &code, seed, steps).expect("steps are capped at T")
+    }
+    fn edit(&self, x: &Tensor, own: &CaCode, new: &CaCode) -> Tensor {
+        let x_t = self.invert(x, own);
+        self.decode_from(&x_t, new)
+    }
+    fn sample_codes(&self, n: i64, target: bool, seed: u64) -> CaCode {
+        let steps = steps_from_env(
+            "CA_PRIOR_STEPS",
+            DEFAULT_PRIOR_STEPS,
+            self.prior_schedule.timesteps(),
+        );
+        tch::manual_seed(crate::run::mix(seed ^ 0xC0DE) as i64);
+        let group = if target {
+            CodeGroup::Target
+        } else {
+            CodeGroup::Background
+        };
+        self.prior
+            .sample(
+                &self.prior_schedule,
+                n,
+                group,
+                &DdimOptions::deterministic(steps),
+                &mut TorchNoise,
+            )
+            .expect("steps are capped at T")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ca_models::diffusion::{EncoderConfig, LatentPriorConfig, ScheduleConfig};
+
+    fn tiny_cfg() -> DiffusionModelConfig {
+        DiffusionModelConfig {
+            dz: 4,
+            ds: 2,
+            base_channels: 8,
+            channel_mult: vec![1, 2],
+            res_blocks: 1,
+            attention_resolutions: vec![4],
+            attention_heads: 1,
+            norm_groups: 4,
+            dropout: 0.0,
+            time_embed_dim: 16,
+            cond_embed_dim: 16,
+            schedule: ScheduleConfig::Linear {
+                timesteps: 50,
+                beta_start: 1e-3,
+                beta_end: 0.1,
+            },
+            prediction: Prediction::Eps,
+            encoder: EncoderConfig {
+                base_channels: 8,
+                channel_mult: vec![1, 2],
+                res_blocks: 1,
+            },
+            latent_prior: LatentPriorConfig {
+                layers: 2,
+                width: 16,
+                time_embed_dim: 8,
+                dropout: 0.0,
+                schedule: ScheduleConfig::Linear {
+                    timesteps: 50,
+                    beta_start: 1e-3,
+                    beta_end: 0.1,
+                },
+                prediction: Prediction::Eps,
+            },
+        }
+    }
+
+    const GEOM: ImageGeometry = ImageGeometry {
+        channels: 3,
+        size: 8,
+    };
+
+    fn loss_cfg() -> LossConfig {
+        LossConfig {
+            mmd: 1.0,
+            z_adversary: 0.5,
+            ..Default::default()
+        }
+    }
+
+    fn new_step(seed: i64) -> DiffusionStep {
+        // One intra-op thread: on the shared 2-core machine, OpenMP threads of parallel tests
+        // oversubscribe the cores and make these tiny nets 10-50x slower.
+        tch::set_num_threads(1);
+        tch::manual_seed(seed);
+        let optim = OptimConfig {
+            lr_g: 1e-3,
+            grad_clip: 1.0,
+            ..Default::default()
+        };
+        build_step(&tiny_cfg(), GEOM, &loss_cfg(), &optim, Device::Cpu).unwrap()
+    }
+
+    /// A fixed batch in [-1, 1] (3 background rows, then 3 target rows).
+    fn batch() -> Tensor {
+        (Tensor::arange(6 * 3 * 8 * 8, (Kind::Float, Device::Cpu)) * 0.113)
+            .sin()
+            .view([6, 3, 8, 8])
+    }
+
+    /// Fixed draws, independent of torch's global generator (tests run in parallel threads).
+    fn draws(k: i64) -> StepNoise {
+        let x = Tensor::arange(6 * 3 * 8 * 8, (Kind::Float, Device::Cpu));
+        StepNoise {
+            t: Tensor::from_slice(&[k, 10 + k, 20, 30 + k, 40, 49 - k]),
+            noise: (x * (0.37 + k as f64)).sin().view([6, 3, 8, 8]) * 1.5,
+            t_prior: Tensor::from_slice(&[5 + k, 15, 25 - k, 35, 45, 2]),
+            noise_prior: (Tensor::arange(36, (Kind::Float, Device::Cpu)) * (0.71 + k as f64))
+                .cos()
+                .view([6, 6]),
+        }
+    }
+
+    fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
+        (a - b).abs().max().double_value(&[])
+    }
+
+    #[test]
+    fn one_step_gives_finite_losses_and_changes_weights() {
+        let mut st = new_step(1);
+        let x = batch();
+        let before: Vec<(String, Tensor)> = st
+            .nets
+            .state_tensors()
+            .into_iter()
+            .map(|(n, t)| (n, t.copy()))
+            .collect();
+        tch::manual_seed(3);
+        let stats = st.step(&x, 3, 0);
+        st.update_ema(0.5);
+        let names: Vec<&str> = stats.iter().map(|(n, _)| *n).collect();
+        for want in [
+            "denoise",
+            "salient_zero",
+            "class",
+            "mmd",
+            "z_adversary",
+            "grad_norm",
+            "loss",
+            "prior",
+        ] {
+            assert!(names.contains(&want), "missing {want} in {names:?}");
+        }
+        for (n, t) in &stats {
+            assert_eq!(t.dim(), 0, "{n} must be 0-d");
+            assert!(!t.requires_grad(), "{n} must be detached");
+            assert!(t.double_value(&[]).is_finite(), "{n} is not finite");
+        }
+        let after: HashMap<String, Tensor> = st.nets.state_tensors().into_iter().collect();
+        for prefix in ["unet.", "enc.", "prior.", "unet_ema.", "enc_ema."] {
+            let changed = before
+                .iter()
+                .filter(|(n, _)| n.starts_with(prefix))
+                .any(|(n, t)| max_diff(t, &after[n]) > 0.0);
+            assert!(changed, "no weight under `{prefix}` changed");
+        }
+        // The prior's normalisation was set from the codes (no longer the identity).
+        let (mean, std) = st.nets.prior_stats_vars();
+        assert!(mean.abs().sum(Kind::Float).double_value(&[]) > 0.0);
+        assert!(max_diff(&std, &std.ones_like()) > 0.0);
+    }
+
+    #[test]
+    fn state_round_trip_gives_identical_predictions_and_steps() {
+        let x = batch();
+        let mut a = new_step(1);
+        a.step_with(&x, 3, 0, &draws(0));
+        a.update_ema(0.5);
+        let state: HashMap<String, Tensor> = a
+            .state_tensors()
+            .into_iter()
+            .map(|(n, t)| (n, t.copy()))
+            .collect();
+        let mut b = new_step(99);
+        b.load_state(&state, Path::new("state.safetensors"))
+            .unwrap();
+        let t = Tensor::from_slice(&[3i64, 10, 20, 30, 40, 49]);
+        let code = tch::no_grad(|| a.nets.enc_ema.forward_t(&x, false));
+        let pa = tch::no_grad(|| a.nets.unet_ema.forward_t(&x, &t, &code, false));
+        let pb = tch::no_grad(|| b.nets.unet_ema.forward_t(&x, &t, &code, false));
+        assert_eq!(max_diff(&pa, &pb), 0.0);
+        // The next step is the same for both (optimiser moments and statistics restored).
+        let sa = a.step_with(&x, 3, 1, &draws(1));
+        let sb = b.step_with(&x, 3, 1, &draws(1));
+        for ((n, ta), (_, tb)) in sa.iter().zip(&sb) {
+            assert_eq!(ta.double_value(&[]), tb.double_value(&[]), "{n}");
+        }
+        // A missing tensor is an error naming it.
+        let mut partial = state;
+        partial.remove("code_stats.sq");
+        let e = b
+            .load_state(&partial, Path::new("s.safetensors"))
+            .unwrap_err();
+        assert!(e.to_string().contains("code_stats.sq"), "{e}");
+    }
+
+    #[test]
+    fn model_loads_and_edits_and_samples_with_right_shapes() {
+        let mut st = new_step(2);
+        let x = batch();
+        tch::manual_seed(5);
+        st.step(&x, 3, 0);
+        st.update_ema(0.0);
+        let tensors: HashMap<String, Tensor> = st
+            .model_tensors()
+            .into_iter()
+            .map(|(n, t)| (n, t.copy()))
+            .collect();
+        let m = DiffusionModel::load(
+            &tiny_cfg(),
+            GEOM,
+            &tensors,
+            Path::new("model.safetensors"),
+            Device::Cpu,
+        )
+        .unwrap();
+        let own = m.encode(&x);
+        assert_eq!(own.z.size(), vec![6, 4]);
+        assert_eq!(own.s.size(), vec![6, 2]);
+        let y = m.edit(&x, &own, &own);
+        assert_eq!(y.size(), x.size());
+        assert!(y.isfinite().all().int64_value(&[]) == 1);
+        assert!(y.abs().max().double_value(&[]) <= 1.0);
+        // Decoding is a function of the seed.
+        let d1 = m.decode(&own, 3);
+        let d2 = m.decode(&own, 3);
+        assert_eq!(d1.size(), x.size());
+        assert_eq!(max_diff(&d1, &d2), 0.0);
+        let bg = m.sample_codes(5, false, 1);
+        assert_eq!(bg.s.abs().sum(Kind::Float).double_value(&[]), 0.0);
+        let tg = m.sample_codes(5, true, 1);
+        assert_eq!(tg.z.size(), vec![5, 4]);
+        assert_eq!(tg.s.size(), vec![5, 2]);
+        assert!(tg.s.isfinite().all().int64_value(&[]) == 1);
+        // The sample grid: background rows keep s = 0, shape [rows, C, H, W].
+        let codes = crate::run::fixed_grid_codes(4, 2, 0, Device::Cpu);
+        let g = st.grid_samples(&codes);
+        assert_eq!(g.size(), vec![32, 3, 8, 8]);
+        // A model file without the prior is refused, naming the tensor.
+        let mut partial = tensors;
+        partial.remove("prior.mean");
+        let e = DiffusionModel::load(&tiny_cfg(), GEOM, &partial, Path::new("m"), Device::Cpu)
+            .err()
+            .expect("missing tensor");
+        assert!(e.to_string().contains("prior.mean"), "{e}");
+    }
+}
+#[cfg(test)]
+mod probe_tmp {
+    use super::*;
+    #[test]
+    fn probe_tmp() {
+        let Ok(dir) = std::env::var("DIFF_PROBE") else {
+            return;
+        };
+        let dir = std::path::PathBuf::from(dir);
+        let cfg = crate::config::RunConfig::load(&dir.join("config.toml"), &[]).unwrap();
+        let crate::config::ModelConfig::Diffusion(d) = &cfg.model else {
+            panic!()
+        };
+        let geom = ImageGeometry {
+            channels: 3,
+            size: 32,
+        };
+        let mut st = build_step(d, geom, &cfg.loss, &cfg.optim, Device::Cpu).unwrap();
+        let ck = checkpoint::latest(&dir).unwrap();
+        let state = checkpoint::read_tensors(&ck, "state").unwrap();
+        st.load_state(&state, &ck.join("state.safetensors"))
+            .unwrap();
+        let codes = crate::run::fixed_grid_codes(d.dz, d.ds, 0, Device::Cpu);
+        let t0 = std::time::Instant::now();
+        let g = st.grid_samples(&codes);
+        eprintln!("ema grid {:.2}s", t0.elapsed().as_secs_f64());
+        crate::images::save_grid(&g, 8, &dir.join("probe_ema.png")).unwrap();
+        // live
+        ema::copy_all(&st.nets.unet_ema_vs, &st.nets.unet_vs).unwrap();
+        let g = st.grid_samples(&codes);
+        crate::images::save_grid(&g, 8, &dir.join("probe_live.png")).unwrap();
+        let ds = cfg.data.open().unwrap();
+        let nb = ds.n_background();
+        let imgs: Vec<Tensor> = [0usize, 1, 2, 3, nb, nb + 1, nb + 2, nb + 3]
+            .iter()
+            .map(|&i| {
+                Tensor::from_slice(&ds.load(i).unwrap())
+                    .view([3, 32, 32])
+                    .to_kind(Kind::Float)
+                    / 127.5
+                    - 1.0
+            })
+            .collect();
+        let x = Tensor::stack(&imgs, 0);
+        let is_t = Tensor::from_slice(&[0f32, 0., 0., 0., 1., 1., 1., 1.]);
+        let _g = tch::no_grad_guard();
+        let c = st.nets.enc.forward_t(&x, false).masked_by_group(&is_t);
+        eprintln!("z {} s {}", c.z.std(true), c.s);
+        let d20 = ddim_decode(&st.nets.unet, &st.nets.schedule, &c, 1, 20).unwrap();
+        let d50 = ddim_decode(&st.nets.unet, &st.nets.schedule, &c, 1, 50).unwrap();
+        for tt in [100i64, 300, 600, 900] {
+            let t = Tensor::full([8], tt, (Kind::Int64, Device::Cpu));
+            let n = x.randn_like();
+            let xt = st.nets.schedule.q_sample(&x, &t, &n);
+            let e = st.nets.unet.forward_t(&xt, &t, &c, false);
+            let x0 = st.nets.schedule.x0_from_eps(&xt, &t, &e).clamp(-1.0, 1.0);
+            let mse = ((&x0 - &x) / 2.0)
+                .square()
+                .mean(Kind::Float)
+                .double_value(&[]);
+            eprintln!(
+                "t={tt} x0 psnr {:.2} eps mse {:.4}",
+                10.0 * (1.0 / mse).log10(),
+                (e - n).square().mean(Kind::Float).double_value(&[])
+            );
+        }
+        crate::images::save_grid(
+            &Tensor::cat(&[&x, &d20, &d50], 0),
+            8,
+            &dir.join("probe_rec.png"),
+        )
+        .unwrap();
+        {
+            let ts = ddim::ddim_timesteps(&st.nets.schedule, 20).unwrap();
+            let mut xx = seeded_noise(&[8, 3, 32, 32], 1, Device::Cpu);
+            for i in (0..ts.len()).rev() {
+                let t = Tensor::full([8], ts[i], (Kind::Int64, Device::Cpu));
+                let a_prev = if i > 0 {
+                    st.nets.schedule.alpha_bar(ts[i - 1])
+                } else {
+                    1.0
+                };
+                let (eps, x0) = ddim::eps_and_x0(&st.nets.unet, &st.nets.schedule, &xx, &t, &c);
+                let x0c = x0.clamp(-1.0, 1.0);
+                let mse = ((&x0c - &x) / 2.0)
+                    .square()
+                    .mean(Kind::Float)
+                    .double_value(&[]);
+                eprintln!(
+                    "t={} |x|={:.3} |eps|={:.3} |x0|={:.3} x0psnr={:.2}",
+                    ts[i],
+                    xx.std(true).double_value(&[]),
+                    eps.std(true).double_value(&[]),
+                    x0.std(true).double_value(&[]),
+                    10.0 * (1.0 / mse).log10()
+                );
+                let eps2 = st.nets.schedule.eps_from_x0(&xx, &t, &x0c);
+                xx = x0c * a_prev.sqrt() + eps2 * (1.0 - a_prev).sqrt();
+            }
+        }
+        for nb in [1i64, 16] {
+            let cc = crate::run::fixed_grid_codes(d.dz, d.ds, 0, Device::Cpu).narrow(0, nb);
+            let t0 = std::time::Instant::now();
+            let _ = ddim_decode(&st.nets.unet_ema, &st.nets.schedule, &cc, 1, 50).unwrap();
+            let el = t0.elapsed().as_secs_f64();
+            eprintln!(
+                "ddim50 batch {nb}: {el:.3}s total, {:.3}s/image",
+                el / nb as f64
+            );
+        }
+        let t0 = std::time::Instant::now();
+        let xt = ddim::invert(&st.nets.unet_ema, &st.nets.schedule, &x, &c, 100).unwrap();
+        let r = ddim::sample(
+            &st.nets.unet_ema,
+            &st.nets.schedule,
+            &c,
+            &xt,
+            &DdimOptions::deterministic(100),
+            &mut TorchNoise,
+        )
+        .unwrap();
+        let el = t0.elapsed().as_secs_f64();
+        let mse = ((&r.clamp(-1.0, 1.0) - &x) / 2.0)
+            .square()
+            .mean(Kind::Float)
+            .double_value(&[]);
+        eprintln!(
+            "invert+decode 100+100 on 8 images: {el:.2}s, psnr {:.2}",
+            10.0 * (1.0 / mse).log10()
+        );
+    }
+}
