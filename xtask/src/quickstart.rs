@@ -36,7 +36,10 @@ impl Quickstart {
         let ca = root.join("target").join("release").join("ca");
         run(Command::new(&ca).arg("doctor"), root)?;
 
-        eprintln!("\nquickstart: training {} for {} minutes on the synthetic benchmark", self.config, self.minutes);
+        eprintln!(
+            "\nquickstart: training {} for {} minutes on the synthetic benchmark",
+            self.config, self.minutes
+        );
         let out = Command::new(&ca)
             .args(["train", "--config", &self.config, "--max-minutes"])
             .arg(self.minutes.to_string())
@@ -55,13 +58,22 @@ impl Quickstart {
             .map(|s| root.join(s.trim()))
             .context("ca train did not print its run directory")?;
         let evaluated = evaluate(&ca, root, &run_dir)?;
-        eprintln!("\nquickstart done in {:.0} s.", start.elapsed().as_secs_f64());
+        eprintln!(
+            "\nquickstart done in {:.0} s.",
+            start.elapsed().as_secs_f64()
+        );
         eprintln!("  run directory:   {}", run_dir.display());
         eprintln!("  sample grids:    {}", run_dir.join("samples").display());
-        eprintln!("  loss curves:     {}", run_dir.join("loss_curves.png").display());
+        eprintln!(
+            "  loss curves:     {}",
+            run_dir.join("loss_curves.png").display()
+        );
         if let Some(report) = evaluated {
             eprintln!("  report:          {}", report.display());
-            eprintln!("  metrics:         {}", run_dir.join("eval").join("metrics.json").display());
+            eprintln!(
+                "  metrics:         {}",
+                run_dir.join("eval").join("metrics.json").display()
+            );
         }
         eprintln!(
             "  try: {} counterfactual --run {} --images <a target image> --out cf/",
@@ -74,7 +86,10 @@ impl Quickstart {
 
 /// Run `ca eval` when this build has it; returns the report path.
 fn evaluate(ca: &Path, root: &Path, run_dir: &Path) -> anyhow::Result<Option<PathBuf>> {
-    let help = Command::new(ca).arg("--help").output().context("could not run ca --help")?;
+    let help = Command::new(ca)
+        .arg("--help")
+        .output()
+        .context("could not run ca --help")?;
     if !String::from_utf8_lossy(&help.stdout).contains("\n  eval ") {
         eprintln!("quickstart: `ca eval` is not built yet; skipping evaluation");
         return Ok(None);

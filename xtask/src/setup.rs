@@ -30,7 +30,9 @@ pub struct Setup {
 impl Default for Setup {
     /// What `cargo xtask setup` does with no options (used by `ci` and `quickstart`).
     fn default() -> Self {
-        Setup { python: "python3".to_string() }
+        Setup {
+            python: "python3".to_string(),
+        }
     }
 }
 
