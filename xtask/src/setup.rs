@@ -182,6 +182,17 @@ fn user_libtorch(layout: &Layout) -> Option<String> {
     (!ours).then(|| format!("LIBTORCH={}", path.display()))
 }
 
+/// The version recorded in `<torch>/version.py`, if libtorch is installed there.
+pub fn installed_version(torch: &Path) -> Option<String> {
+    if !torch.join("lib").join("libtorch_cpu.so").exists() {
+        return None;
+    }
+    let text = std::fs::read_to_string(torch.join("version.py")).ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("__version__ = "))
+        .map(|v| v.trim().trim_matches('\'').trim_matches('"').to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -202,15 +213,4 @@ mod tests {
         std::fs::write(torch.join("lib").join("libtorch_cpu.so"), b"").unwrap();
         assert_eq!(installed_version(&torch).as_deref(), Some("2.11.0+cu130"));
     }
-}
-
-/// The version recorded in `<torch>/version.py`, if libtorch is installed there.
-pub fn installed_version(torch: &Path) -> Option<String> {
-    if !torch.join("lib").join("libtorch_cpu.so").exists() {
-        return None;
-    }
-    let text = std::fs::read_to_string(torch.join("version.py")).ok()?;
-    text.lines()
-        .find_map(|l| l.strip_prefix("__version__ = "))
-        .map(|v| v.trim().trim_matches('\'').trim_matches('"').to_string())
 }
