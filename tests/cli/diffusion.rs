@@ -1,11 +1,9 @@
 //! A tiny CA-diffusion run through the CLI (issue #6 item 6): finite losses, checkpoint, exact
 //! resume, and DDIM inversion + decoding with the same codes returning the input.
 
-use std::path::Path;
-
 use tch::{Device, Kind, Tensor};
 
-use crate::util::{ca, losses, ok, root};
+use crate::util::{losses, train};
 
 /// Lower bound on the PSNR (dB, images scaled to [0, 1]) of `reconstruct` (DDIM inversion under
 /// the images' own codes, then deterministic DDIM decoding, 100 steps each, EMA networks) after
@@ -50,24 +48,7 @@ fn tiny(steps: u64) -> Vec<String> {
     v
 }
 
-fn train(out: &Path, sets: &[String], resume: bool) -> String {
-    let mut c = ca();
-    c.arg("train")
-        .arg("--device")
-        .arg("cpu")
-        .arg("--out")
-        .arg(out);
-    if resume {
-        c.arg("--resume");
-    } else {
-        c.arg("--config")
-            .arg(root().join("configs/ca-diffusion-synthetic.toml"));
-    }
-    for s in sets {
-        c.arg("--set").arg(s);
-    }
-    ok(&mut c)
-}
+const CONFIG: &str = "configs/ca-diffusion-synthetic.toml";
 
 fn psnr(a: &Tensor, b: &Tensor) -> f64 {
     let mse = ((a - b) / 2.0)
@@ -84,9 +65,9 @@ fn tiny_diffusion_run_trains_resumes_and_inverts() {
     let part = tmp.path().join("part");
 
     // Uninterrupted: 6 steps. Interrupted: 3 steps, then resumed to 6.
-    train(&full, &tiny(6), false);
-    train(&part, &tiny(3), false);
-    let out = train(&part, &tiny(6), true);
+    train(CONFIG, &full, &tiny(6), false);
+    train(CONFIG, &part, &tiny(3), false);
+    let out = train(CONFIG, &part, &tiny(6), true);
     assert!(out.contains("trained 6 steps"), "{out}");
 
     let (header, rows_full) = losses(&full);

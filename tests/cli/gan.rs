@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use crate::util::{ca, err, losses, ok, root};
+use crate::util::{ca, err, losses, ok, root, train};
 
 /// Overrides that make the ca-gan preset tiny: 8x8-channel nets, 64+64 images, batch 8.
 fn tiny(steps: u64) -> Vec<String> {
@@ -39,24 +39,7 @@ fn tiny(steps: u64) -> Vec<String> {
     v
 }
 
-fn train(out: &Path, sets: &[String], resume: bool) -> String {
-    let mut c = ca();
-    c.arg("train")
-        .arg("--device")
-        .arg("cpu")
-        .arg("--out")
-        .arg(out);
-    if resume {
-        c.arg("--resume");
-    } else {
-        c.arg("--config")
-            .arg(root().join("configs/ca-gan-synthetic.toml"));
-    }
-    for s in sets {
-        c.arg("--set").arg(s);
-    }
-    ok(&mut c)
-}
+const CONFIG: &str = "configs/ca-gan-synthetic.toml";
 
 #[test]
 fn tiny_gan_run_trains_resumes_exactly_and_serves_every_verb() {
@@ -65,9 +48,9 @@ fn tiny_gan_run_trains_resumes_exactly_and_serves_every_verb() {
     let part = tmp.path().join("part");
 
     // Uninterrupted: 6 steps. Interrupted: 3 steps, then resumed to 6.
-    train(&full, &tiny(6), false);
-    train(&part, &tiny(3), false);
-    let out = train(&part, &tiny(6), true);
+    train(CONFIG, &full, &tiny(6), false);
+    train(CONFIG, &part, &tiny(3), false);
+    let out = train(CONFIG, &part, &tiny(6), true);
     assert!(out.contains("trained 6 steps"), "{out}");
 
     let (header, rows_full) = losses(&full);

@@ -50,3 +50,23 @@ pub fn losses(run: &Path) -> (Vec<String>, Vec<Vec<String>>) {
         .collect();
     (header, rows)
 }
+
+/// `ca train` on the CPU into `out` with `--set` overrides: a new run of `config` (relative to
+/// the workspace root), or `--resume` of `out`. Returns stdout.
+pub fn train(config: &str, out: &Path, sets: &[String], resume: bool) -> String {
+    let mut c = ca();
+    c.arg("train")
+        .arg("--device")
+        .arg("cpu")
+        .arg("--out")
+        .arg(out);
+    if resume {
+        c.arg("--resume");
+    } else {
+        c.arg("--config").arg(root().join(config));
+    }
+    for s in sets {
+        c.arg("--set").arg(s);
+    }
+    ok(&mut c)
+}
