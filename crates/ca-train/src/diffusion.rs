@@ -60,7 +60,7 @@ use crate::adam::{Adam, AdamConfig};
 use crate::checkpoint::{self, CheckpointError};
 use crate::config::{LossConfig, OptimConfig};
 use crate::ema;
-use crate::gan::StepStats;
+use crate::gan::{StepStats, masked_mean};
 use crate::model::CaModel;
 use crate::run::{TrainError, TrainStep};
 
@@ -279,11 +279,6 @@ impl DiffusionNets {
                 .shallow_clone(),
         )
     }
-}
-
-/// Mean of a per-sample loss over the rows where `weight` (0/1, `[B]`) is 1 (0 when none).
-fn masked_mean(per_sample: &Tensor, weight: &Tensor) -> Tensor {
-    (per_sample * weight).sum(Kind::Float) / weight.sum(Kind::Float).clamp_min(1.0)
 }
 
 /// The random draws of one training step.

@@ -188,7 +188,7 @@ impl GanNets {
 }
 
 /// Mean of a per-sample loss over the rows where `weight` (0/1, `[B]`) is 1 (0 when none).
-fn masked_mean(per_sample: &Tensor, weight: &Tensor) -> Tensor {
+pub(crate) fn masked_mean(per_sample: &Tensor, weight: &Tensor) -> Tensor {
     (per_sample * weight).sum(Kind::Float) / weight.sum(Kind::Float).clamp_min(1.0)
 }
 
