@@ -57,6 +57,26 @@ pub fn mmd_rbf(x: &Tensor, y: &Tensor, bandwidths: &[f64]) -> Tensor {
         - rbf_kernel(x, y, bandwidths).mean(None) * 2.0
 }
 
+/// [`mmd_rbf`] of the two sets divided by one common, **detached** scale: the standard
+/// deviation of all entries of both sets together (plus `1e-6`).
+///
+/// Why: an encoder trained to make the raw MMD small can shrink its codes until every kernel
+/// value is ~1 and the MMD ~0 without making the two sets alike — observed in this project
+/// with both model families (GAN: common codes of std 0.02 and MMD 0.007 after 2,000 steps;
+/// diffusion: 2e-5 after 600 steps) when the decoder reads the codes scale-free (the style
+/// generator pixel-normalises `z`; a linear layer rescales it). Dividing by the detached pooled
+/// scale makes the value invariant to a common rescaling, so only a change of the two
+/// distributions' shapes lowers it.
+///
+/// # Shapes
+/// * `x`: `[N, d]`, `y`: `[M, d]`, `N, M ≥ 1`, `N + M ≥ 2`
+/// * returns a scalar (0-dim) tensor
+pub fn mmd_rbf_scale_free(x: &Tensor, y: &Tensor, bandwidths: &[f64]) -> Tensor {
+    check_mmd_inputs(x, y, bandwidths);
+    let scale = Tensor::cat(&[x.detach(), y.detach()], 0).std(true) + 1e-6;
+    mmd_rbf(&(x / &scale), &(y / &scale), bandwidths)
+}
+
 /// Squared MMD, **unbiased** (U-statistic) estimator: like [`mmd_rbf`] but the within-set means
 /// leave out the `i = j` pairs, `Σ_{i≠j} K(x_i, x_j) / (N(N-1))`. Its expectation is 0 when both
 /// sets come from the same distribution; single estimates can be negative.
@@ -165,6 +185,34 @@ mod tests {
         let z = x.copy().set_requires_grad(true);
         mmd_rbf(&z, &x, &[1.0]).backward();
         assert!(values(&z.grad()).iter().all(|g| g.is_finite()));
+    }
+
+    #[test]
+    fn scale_free_mmd_ignores_a_common_rescaling_but_not_a_shift() {
+        let x = Tensor::from_slice(&[0.0f32, 1.0, 2.0, 0.5]).reshape([2, 2]);
+        let y = Tensor::from_slice(&[1.0f32, 1.0, 3.0, 0.0]).reshape([2, 2]);
+        let bw = [0.5, 1.0, 2.0];
+        let a = scalar(&mmd_rbf_scale_free(&x, &y, &bw));
+        // The same sets shrunk 100x: the raw MMD collapses, the scale-free one does not move.
+        let (xs, ys) = (&x * 0.01, &y * 0.01);
+        assert!(scalar(&mmd_rbf(&xs, &ys, &bw)) < 1e-3 * scalar(&mmd_rbf(&x, &y, &bw)));
+        assert!((scalar(&mmd_rbf_scale_free(&xs, &ys, &bw)) - a).abs() < 1e-3 * a);
+        // Equal to the raw MMD of the sets divided by the pooled std (by hand: entries
+        // 0,1,2,0.5,1,1,3,0 have mean 1.0625 and sample std 1.0155...).
+        let std = {
+            let v = [0.0f64, 1.0, 2.0, 0.5, 1.0, 1.0, 3.0, 0.0];
+            let m = v.iter().sum::<f64>() / 8.0;
+            (v.iter().map(|e| (e - m).powi(2)).sum::<f64>() / 7.0).sqrt()
+        };
+        let manual = scalar(&mmd_rbf(&(&x / std), &(&y / std), &bw));
+        assert!((a - manual).abs() < 1e-5, "{a} vs {manual}");
+        assert!(a > 0.05);
+        // Identical sets: 0.
+        assert!(scalar(&mmd_rbf_scale_free(&x, &x, &bw)).abs() < 1e-6);
+        // The gradient flows to the codes (the scale is detached, the codes are not).
+        let xg = x.set_requires_grad(true);
+        mmd_rbf_scale_free(&xg, &y, &bw).backward();
+        assert!(scalar(&xg.grad().abs().sum(tch::Kind::Float)) > 0.0);
     }
 
     #[test]

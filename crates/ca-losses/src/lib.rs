@@ -8,6 +8,7 @@
 //! * [`info`] — info losses on codes, salient-zero, class (dataset) BCE, swap consistency;
 //! * [`reconstruction`] — pixel and multi-scale feature-matching reconstruction;
 //! * [`invariance`] — common-code invariance: MMD, gradient reversal;
+//! * [`prior`] — prior matching of encoder codes (batch-moment KL to `N(0, I)`);
 //! * [`diffusion`] — denoising losses (epsilon / v prediction).
 //!
 //! Siblings: `ca-models`, `ca-data`, `ca-train`, `ca-cli`.
@@ -17,4 +18,5 @@ pub mod adversarial;
 pub mod diffusion;
 pub mod info;
 pub mod invariance;
+pub mod prior;
 pub mod reconstruction;

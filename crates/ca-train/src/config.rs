@@ -113,8 +113,14 @@ pub struct LossConfig {
     /// Swap consistency: `G(z_bg, s_tgt)` judged target and encoding back to both codes;
     /// `G(z_tgt, 0)` judged background. Default 0 (on in ca-gan).
     pub swap: f64,
-    /// Common-code invariance: MMD between the `z` of background and target images. Default 0.
+    /// Common-code invariance: MMD between the `z` of background and target images (scale-free:
+    /// codes divided by their detached pooled std). Default 0.
     pub mmd: f64,
+    /// Latent prior matching (GAN): batch-moment KL to `N(0, I)` of the encoder's codes of real
+    /// images — `z` of every row, `s` of target rows — so reconstructions, swaps and
+    /// counterfactuals decode codes from the region the generator is trained on with random
+    /// codes (see `ca_losses::prior`). Default 0.
+    pub prior: f64,
     /// Common-code invariance: a dataset classifier on `z` trained through gradient reversal.
     /// Default 0.
     pub z_adversary: f64,
@@ -140,6 +146,7 @@ impl Default for LossConfig {
             recon_features: 0.0,
             swap: 0.0,
             mmd: 0.0,
+            prior: 0.0,
             z_adversary: 0.0,
             denoise: 1.0,
             salient_masking: true,
@@ -376,6 +383,7 @@ impl RunConfig {
             ("loss.swap", l.swap),
             ("loss.mmd", l.mmd),
             ("loss.z_adversary", l.z_adversary),
+            ("loss.prior", l.prior),
             ("loss.denoise", l.denoise),
         ] {
             if !(v >= 0.0 && v.is_finite()) {

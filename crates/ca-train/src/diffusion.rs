@@ -60,7 +60,7 @@ use crate::adam::{Adam, AdamConfig};
 use crate::checkpoint::{self, CheckpointError};
 use crate::config::{LossConfig, OptimConfig};
 use crate::ema;
-use crate::gan::{StepStats, masked_mean};
+use crate::gan::{MMD_BANDWIDTHS, StepStats, masked_mean};
 use crate::model::CaModel;
 use crate::run::{TrainError, TrainStep};
 
@@ -78,8 +78,6 @@ pub const DEFAULT_PRIOR_STEPS: usize = 50;
 /// Momentum of the running code statistics that normalise the latent prior (half-life about
 /// 69 steps).
 pub const PRIOR_STATS_MOMENTUM: f64 = 0.99;
-/// RBF bandwidths of the MMD between common codes (same as the CA-GAN).
-const MMD_BANDWIDTHS: [f64; 5] = [0.5, 1.0, 2.0, 4.0, 8.0];
 
 /// Errors of building or loading a CA-diffusion model.
 #[derive(Debug, thiserror::Error)]
@@ -406,11 +404,9 @@ impl DiffusionStep {
             stats.push(("class", t.detach()));
         }
         if l.mmd > 0.0 && n_bg >= 2 && n_t >= 2 {
-            // Scale-free: z over its (detached) batch std, so shrinking z cannot hide it.
-            let zn = &raw.z / (raw.z.detach().std(true) + 1e-6);
-            let t = invariance::mmd_rbf(
-                &zn.narrow(0, 0, n_bg),
-                &zn.narrow(0, n_bg, n_t),
+            let t = invariance::mmd_rbf_scale_free(
+                &raw.z.narrow(0, 0, n_bg),
+                &raw.z.narrow(0, n_bg, n_t),
                 &MMD_BANDWIDTHS,
             );
             loss += &t * l.mmd;

@@ -17,7 +17,7 @@
 //! the host), so swaps and per-group terms need no host sync. Loss values stay on the device
 //! until the trainer logs them.
 
-use ca_losses::{adversarial, info, invariance, reconstruction};
+use ca_losses::{adversarial, info, invariance, prior, reconstruction};
 use ca_models::gan::{self, Discriminator, Encoder, GanModelConfig, Generator};
 use ca_models::{CaCode, ImageGeometry};
 use tch::nn::{self, Module, VarStore};
@@ -186,6 +186,9 @@ impl GanNets {
         Ok(())
     }
 }
+
+/// RBF bandwidths of the MMD terms (codes are compared at unit scale).
+pub(crate) const MMD_BANDWIDTHS: [f64; 5] = [0.5, 1.0, 2.0, 4.0, 8.0];
 
 /// Mean of a per-sample loss over the rows where `weight` (0/1, `[B]`) is 1 (0 when none).
 pub(crate) fn masked_mean(per_sample: &Tensor, weight: &Tensor) -> Tensor {
@@ -511,13 +514,21 @@ impl GanStep {
         let b = x.size()[0];
         let n_t = b - n_bg;
         if l.mmd > 0.0 && n_bg >= 2 && n_t >= 2 {
-            let t = invariance::mmd_rbf(
+            let t = invariance::mmd_rbf_scale_free(
                 &real.z.narrow(0, 0, n_bg),
                 &real.z.narrow(0, n_bg, n_t),
-                &[0.5, 1.0, 2.0, 4.0, 8.0],
+                &MMD_BANDWIDTHS,
             );
             loss += &t * l.mmd;
             stats.push(("mmd", t.detach()));
+        }
+        if l.prior > 0.0 {
+            let mut t = prior::moment_kl(&real.z);
+            if n_t >= 2 {
+                t += prior::moment_kl(&real.s.narrow(0, n_bg, n_t));
+            }
+            loss += &t * l.prior;
+            stats.push(("prior", t.detach()));
         }
         if l.z_adversary > 0.0
             && let Some((_, lin)) = &self.nets.zc
