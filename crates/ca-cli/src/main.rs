@@ -27,6 +27,11 @@ Examples:
 #[derive(Parser)]
 #[command(name = "ca", version, after_help = EXAMPLES, propagate_version = true)]
 struct Cli {
+    /// CPU threads for libtorch (default: libtorch's own choice, all cores). On a shared machine
+    /// give each process its share: oversubscribed OpenMP threads spin and slow every process
+    /// down. For `ca train` this is `--set train.threads=N`.
+    #[arg(long, global = true, value_name = "N")]
+    threads: Option<u16>,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -168,9 +173,17 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
+    if let Some(n) = cli.threads.filter(|&n| n > 0) {
+        tch::set_num_threads(i32::from(n));
+    }
     let result = match cli.cmd {
         Cmd::Doctor(d) => d.run(),
-        Cmd::Train(t) => t.run(),
+        Cmd::Train(mut t) => {
+            if let Some(n) = cli.threads.filter(|&n| n > 0) {
+                t.sets.push(format!("train.threads={n}"));
+            }
+            t.run()
+        }
         Cmd::Eval(a) => eval::eval(&a),
         Cmd::Encode(a) => apply::encode(&a.run.run, a.data.as_deref(), &a.out, &a.run.device),
         Cmd::Generate(a) => apply::generate(&a.run.run, a.n, a.seed, &a.out, &a.run.device),

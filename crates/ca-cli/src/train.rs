@@ -18,7 +18,7 @@ pub struct Train {
     config: Option<PathBuf>,
     /// Override a config key: --set train.batch_size=32 (repeatable; typed like the key).
     #[arg(long = "set", value_name = "KEY=VALUE")]
-    sets: Vec<String>,
+    pub(crate) sets: Vec<String>,
     /// Run directory (default: runs/NNNNN-<dataset>-<model>-bs<batch>). Must be new or empty,
     /// unless --resume.
     #[arg(long)]
