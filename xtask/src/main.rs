@@ -8,8 +8,10 @@
 //! xtask must build before libtorch exists, so it depends on no crate that links tch; it calls
 //! cargo through `$CARGO`.
 
+mod bench;
 mod ci;
 mod fetch;
+mod gpu_check;
 mod quickstart;
 mod setup;
 mod util;
@@ -36,6 +38,10 @@ enum Cmd {
     Quickstart(quickstart::Quickstart),
     /// Download, verify and preprocess the real datasets of datasets/manifest.toml (see --list).
     FetchDatasets(fetch::FetchDatasets),
+    /// Time Rust against the PyTorch references (benches/rows.toml); write benches/RESULTS.md.
+    Bench(bench::Bench),
+    /// Build the release binaries and write the CUDA check script for the GPU machine.
+    GpuCheck(gpu_check::GpuCheck),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -46,6 +52,8 @@ fn main() -> anyhow::Result<()> {
         Cmd::Ci(c) => c.run(&root),
         Cmd::Quickstart(c) => c.run(&root),
         Cmd::FetchDatasets(c) => c.run(&root),
+        Cmd::Bench(c) => c.run(&root),
+        Cmd::GpuCheck(c) => c.run(&root),
     }
 }
 
