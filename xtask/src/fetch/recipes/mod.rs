@@ -1,12 +1,14 @@
 //! Preprocessing recipes: from the unpacked raw files to the folder layout of DESIGN.md §5,
-//! `OUT/background/*.png`, `OUT/target/*.png` and `OUT/labels.csv` with the columns
-//! `split,file,<labels...>` (`split` is `background` or `target`, `file` is relative to that
-//! split's folder). Each recipe is named in the manifest's `[recipe] kind`.
+//! `OUT/background/*.png`, `OUT/target/*.png` (brain-MRI: `*.npy` slices, see `brats`) and
+//! `OUT/labels.csv` with the columns `split,file,<labels...>` (`split` is `background` or
+//! `target`, `file` is relative to that split's folder). Each recipe is named in the manifest's
+//! `[recipe] kind`.
 
 mod afhq;
 mod brats;
 mod celeba;
 mod cifar_mnist;
+mod npy;
 
 use std::fs::File;
 use std::io::{BufWriter, Write};
@@ -91,10 +93,23 @@ impl Writer {
         img: &DynamicImage,
         labels: &[String],
     ) -> anyhow::Result<()> {
+        self.add_with(split, file, labels, |path| {
+            img.save_with_format(path, image::ImageFormat::Png)
+                .with_context(|| format!("cannot write {}", path.display()))
+        })
+    }
+
+    /// Write `<split>/<file>` with `write` (given the full path) and append its label row.
+    pub fn add_with(
+        &mut self,
+        split: Split,
+        file: &str,
+        labels: &[String],
+        write: impl FnOnce(&Path) -> anyhow::Result<()>,
+    ) -> anyhow::Result<()> {
         assert_eq!(labels.len(), self.ncols, "label row length");
         let path = self.out.join(split.dir()).join(file);
-        img.save_with_format(&path, image::ImageFormat::Png)
-            .with_context(|| format!("cannot write {}", path.display()))?;
+        write(&path)?;
         writeln!(self.csv, "{},{},{}", split.dir(), file, labels.join(","))?;
         match split {
             Split::Background => self.summary.background += 1,
@@ -159,8 +174,13 @@ pub fn find_root(raw: &Path, marker: &str, depth: usize) -> Option<PathBuf> {
 
 /// PNG name for the stem of `path`.
 pub fn png_name(path: &Path) -> String {
+    with_ext(path, "png")
+}
+
+/// `<stem of path>.<ext>`.
+pub fn with_ext(path: &Path, ext: &str) -> String {
     format!(
-        "{}.png",
+        "{}.{ext}",
         path.file_stem().unwrap_or_default().to_string_lossy()
     )
 }
