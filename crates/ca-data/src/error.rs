@@ -42,7 +42,7 @@ pub enum DataErrorKind {
     },
     /// An image whose header declares dimensions beyond what we accept.
     #[error(
-        "image is {width}x{height} px, more than the {max} px per side this loader accepts; resize it first"
+        "image is {width}x{height} px (read from its header, not decoded); this loader accepts at most {max} px a side and {max_mpx} megapixels: resize it first or remove it"
     )]
     TooLarge {
         /// Declared width in pixels.
@@ -51,6 +51,8 @@ pub enum DataErrorKind {
         height: u32,
         /// The limit per side in pixels.
         max: u32,
+        /// The limit on the pixel count, in megapixels (2^20 px).
+        max_mpx: u64,
     },
     /// A `.npy` file is malformed or of an unsupported shape or dtype.
     #[error("{0}")]

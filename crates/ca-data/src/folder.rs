@@ -384,6 +384,33 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn a_20000_px_image_is_refused_from_its_header_or_skipped() {
+        let dir = tempfile::tempdir().unwrap();
+        fixture(dir.path());
+        let huge = crate::imageio::tests::png_declaring(20_000, 20_000);
+        std::fs::write(dir.path().join("background/huge.png"), huge).unwrap();
+        let e = FolderDataset::open(dir.path(), common(8, false))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("background/huge.png") && e.contains("20000x20000") && e.contains("resize"),
+            "{e}"
+        );
+        let ds = FolderDataset::open(dir.path(), common(8, true)).unwrap();
+        assert_eq!((ds.len(), ds.skipped().count), (5, 1));
+        // A text file with an image extension is a bad image, not a silent skip.
+        std::fs::remove_file(dir.path().join("background/huge.png")).unwrap();
+        std::fs::write(dir.path().join("target/notes.png"), "meeting notes").unwrap();
+        let e = FolderDataset::open(dir.path(), common(8, false))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("notes.png") && e.contains("not a recognised image"),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn missing_and_empty_folders_are_clear_errors() {
         let dir = tempfile::tempdir().unwrap();
         let e = FolderDataset::open(dir.path(), common(8, false))

@@ -21,11 +21,22 @@ pub fn read_labels(
     skipped: &BTreeSet<String>,
     groups: &[Group],
 ) -> Result<Vec<LabelColumn>> {
+    let file = std::fs::File::open(path).map_err(|e| DataError::io(path, e))?;
+    parse_labels(path, file, index, skipped, groups)
+}
+
+/// [`read_labels`] on any reader; `path` only names the file in errors.
+pub fn parse_labels(
+    path: &Path,
+    input: impl std::io::Read,
+    index: &HashMap<(Group, String), usize>,
+    skipped: &BTreeSet<String>,
+    groups: &[Group],
+) -> Result<Vec<LabelColumn>> {
     let err = |msg: String| DataError::at(path, DataErrorKind::Labels(msg));
     let mut rdr = csv::ReaderBuilder::new()
         .trim(csv::Trim::All)
-        .from_path(path)
-        .map_err(|e| err(e.to_string()))?;
+        .from_reader(input);
     let headers = rdr.headers().map_err(|e| err(e.to_string()))?.clone();
     if headers.len() < 2 || &headers[0] != "split" || &headers[1] != "file" {
         return Err(err(format!(
@@ -34,10 +45,32 @@ pub fn read_labels(
         )));
     }
     let names: Vec<String> = headers.iter().skip(2).map(str::to_string).collect();
+    for (i, n) in names.iter().enumerate() {
+        if n.is_empty() {
+            return Err(err(format!(
+                "header column {} has no name; name every label column",
+                i + 3
+            )));
+        }
+        if names[..i].contains(n) {
+            return Err(err(format!(
+                "label column `{n}` appears twice in the header; rename or drop one"
+            )));
+        }
+    }
     let mut cells: Vec<Vec<Option<String>>> = vec![vec![None; groups.len()]; names.len()];
+    let mut seen: HashMap<usize, usize> = HashMap::new();
     for (row, rec) in rdr.records().enumerate() {
         let line = row + 2;
-        let rec = rec.map_err(|e| err(format!("line {line}: {e}")))?;
+        let rec = rec.map_err(|e| match e.kind() {
+            csv::ErrorKind::UnequalLengths {
+                pos, expected_len, len, ..
+            } => err(format!(
+                "line {}: {len} cells, the header has {expected_len}; give every row one cell per column (leave a cell empty for a missing value)",
+                pos.as_ref().map_or(line as u64, |p| p.line())
+            )),
+            _ => err(format!("line {line}: {e}")),
+        })?;
         let group = match &rec[0] {
             "background" => Group::Background,
             "target" => Group::Target,
@@ -57,6 +90,12 @@ pub fn read_labels(
                 group.name()
             )));
         };
+        if let Some(first) = seen.insert(i, line) {
+            return Err(err(format!(
+                "line {line}: file '{}/{file}' is already labelled on line {first}; keep one row per image",
+                group.name()
+            )));
+        }
         for (c, col) in cells.iter_mut().enumerate() {
             let v = rec.get(c + 2).unwrap_or("");
             col[i] = (!v.is_empty()).then(|| v.to_string());
@@ -132,6 +171,42 @@ mod tests {
         );
         let skipped: BTreeSet<String> = ["target/missing.png".to_string()].into();
         assert!(read_labels(&p, &index, &skipped, &groups).is_ok());
+        for (text, want) in [
+            (
+                "split,file,kind\nbackground,a.png,0\ntarget,c.png\n",
+                "line 3: 2 cells, the header has 3",
+            ),
+            (
+                "split,file,kind\nbackground,a.png,0,7\n",
+                "line 2: 4 cells, the header has 3",
+            ),
+            ("split,file,kind,kind\n", "`kind` appears twice"),
+            ("split,file,,size\n", "column 3 has no name"),
+            (
+                "split,file,kind\ntarget,c.png,0\ntarget,c.png,1\n",
+                "line 3: file 'target/c.png' is already labelled on line 2",
+            ),
+            ("", "must start with `split,file`"),
+            (
+                "split,file,kind\nvalidation,a.png,0\n",
+                "split `validation` (expected background or target)",
+            ),
+        ] {
+            std::fs::write(&p, text).unwrap();
+            let e = read_labels(&p, &index, &BTreeSet::new(), &groups)
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains(want) && e.contains("labels.csv"),
+                "{text:?}: {e}"
+            );
+        }
+        // Not valid UTF-8.
+        std::fs::write(&p, b"split,file,kind\nbackground,a\xff.png,0\n").unwrap();
+        let e = read_labels(&p, &index, &BTreeSet::new(), &groups)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("line 2") && e.contains("UTF-8"), "{e}");
         std::fs::write(&p, "file,split\n").unwrap();
         assert!(
             read_labels(&p, &index, &BTreeSet::new(), &groups)

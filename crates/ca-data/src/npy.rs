@@ -188,7 +188,13 @@ impl NpyHeader {
 /// Read a `.npy` file as f64 values with its shape `(H, W, C)`.
 pub fn read_npy(path: &Path) -> Result<(Vec<f64>, [usize; 3])> {
     let bytes = std::fs::read(path).map_err(|e| DataError::io(path, e))?;
-    let h = parse_header(path, &bytes)?;
+    decode_npy(path, &bytes)
+}
+
+/// Decode a `.npy` file held in memory (`path` only names it in errors) as f64 values with
+/// its shape `(H, W, C)`. Bytes after the declared data are ignored.
+pub fn decode_npy(path: &Path, bytes: &[u8]) -> Result<(Vec<f64>, [usize; 3])> {
+    let h = parse_header(path, bytes)?;
     h.check_len(path, bytes.len())?;
     let n: usize = h.shape.iter().product();
     let d = &bytes[h.data_offset..h.data_offset + n * h.dtype.size()];
@@ -242,6 +248,28 @@ pub fn normalise(v: &[f64], norm: NpyNorm, p_low: f64, p_high: f64) -> Vec<u8> {
             }
         })
         .collect()
+}
+
+/// Normalise one slice (values and `(H, W, C)` shape as [`decode_npy`] returns them) to u8 and
+/// apply the image transform: `channels` (1 or 3), centre crop and resize to `size x size`,
+/// CHW. `p` is `(percentile_low, percentile_high)`.
+pub fn slice_to_chw(
+    v: &[f64],
+    [h, w, c]: [usize; 3],
+    norm: NpyNorm,
+    p: (f64, f64),
+    channels: usize,
+    size: usize,
+) -> Vec<u8> {
+    assert_eq!(v.len(), h * w * c, "slice of shape ({h}, {w}, {c})");
+    let u = normalise(v, norm, p.0, p.1);
+    let (w, h) = (w as u32, h as u32);
+    let img = match c {
+        1 => image::DynamicImage::ImageLuma8(image::GrayImage::from_raw(w, h, u).expect("size")),
+        3 => image::DynamicImage::ImageRgb8(image::RgbImage::from_raw(w, h, u).expect("size")),
+        _ => image::DynamicImage::ImageRgba8(image::RgbaImage::from_raw(w, h, u).expect("size")),
+    };
+    imageio::to_chw(img, channels, size)
 }
 
 /// The `.npy` slice dataset.
@@ -334,20 +362,15 @@ impl Dataset for NpyDataset {
         Some(self.full_path(index))
     }
     fn load(&self, index: usize) -> Result<Vec<u8>> {
-        let (v, [h, w, c]) = read_npy(&self.full_path(index))?;
-        let u = normalise(&v, self.norm, self.p.0, self.p.1);
-        let img = match c {
-            1 => image::DynamicImage::ImageLuma8(
-                image::GrayImage::from_raw(w as u32, h as u32, u).expect("size"),
-            ),
-            3 => image::DynamicImage::ImageRgb8(
-                image::RgbImage::from_raw(w as u32, h as u32, u).expect("size"),
-            ),
-            _ => image::DynamicImage::ImageRgba8(
-                image::RgbaImage::from_raw(w as u32, h as u32, u).expect("size"),
-            ),
-        };
-        Ok(imageio::to_chw(img, self.common.channels, self.common.size))
+        let (v, shape) = read_npy(&self.full_path(index))?;
+        Ok(slice_to_chw(
+            &v,
+            shape,
+            self.norm,
+            self.p,
+            self.common.channels,
+            self.common.size,
+        ))
     }
     fn counterpart(&self, _index: usize) -> Result<Option<Vec<u8>>> {
         Ok(None)
@@ -455,7 +478,30 @@ mod tests {
             .to_string();
         assert!(e.contains("magic"), "{e}");
         write_npy(&r.join("target/vol.npy"), "<f4", "(4, 4)", &[0u8; 10]);
-        let e = NpyDataset::open(&c, common).unwrap_err().to_string();
+        let e = NpyDataset::open(&c, common.clone())
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("truncated data") && e.contains("vol.npy"), "{e}");
+        write_npy(&r.join("target/vol.npy"), ">f4", "(4, 4)", &[0u8; 64]);
+        let e = NpyDataset::open(&c, common.clone())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("'>f4'") && e.contains("little-endian"), "{e}");
+        std::fs::write(r.join("target/vol.npy"), b"").unwrap();
+        let e = NpyDataset::open(&c, common.clone())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("vol.npy") && e.contains("file is 0 bytes"),
+            "{e}"
+        );
+        // An empty set: no .npy file in target/ (other files do not count).
+        std::fs::remove_file(r.join("target/vol.npy")).unwrap();
+        std::fs::write(r.join("target/readme.txt"), "slices go here").unwrap();
+        let e = NpyDataset::open(&c, common).unwrap_err().to_string();
+        assert!(
+            e.contains("target") && e.contains("no .npy files found"),
+            "{e}"
+        );
     }
 }
