@@ -11,6 +11,7 @@
 mod bench;
 mod ci;
 mod fetch;
+mod fetch_weights;
 mod gpu_check;
 mod quickstart;
 mod setup;
@@ -38,6 +39,8 @@ enum Cmd {
     Quickstart(quickstart::Quickstart),
     /// Download, verify and preprocess the real datasets of datasets/manifest.toml (see --list).
     FetchDatasets(fetch::FetchDatasets),
+    /// Download the FID Inception-v3 weights, check their sha256, convert them to safetensors.
+    FetchWeights(fetch_weights::FetchWeights),
     /// Time Rust against the PyTorch references (benches/rows.toml); write benches/RESULTS.md.
     Bench(bench::Bench),
     /// Build the release binaries and write the CUDA check script for the GPU machine.
@@ -52,6 +55,7 @@ fn main() -> anyhow::Result<()> {
         Cmd::Ci(c) => c.run(&root),
         Cmd::Quickstart(c) => c.run(&root),
         Cmd::FetchDatasets(c) => c.run(&root),
+        Cmd::FetchWeights(c) => c.run(&root),
         Cmd::Bench(c) => c.run(&root),
         Cmd::GpuCheck(c) => c.run(&root),
     }

@@ -11,9 +11,9 @@
 //! Tests point every download at a local server with the hidden `--base-url` flag (or the env var
 //! `CA_FETCH_BASE_URL`): each file is then fetched from `<base>/<file name>`.
 
-mod download;
+pub(crate) mod download;
 mod extract;
-mod manifest;
+pub(crate) mod manifest;
 mod recipes;
 
 use std::path::{Path, PathBuf};

@@ -22,20 +22,20 @@ pub fn dataset_with_recipe(name: &str, resolution: u32, recipe: &str) -> Dataset
 
 /// How the test server misbehaves.
 #[derive(Default, Clone)]
-struct Behaviour {
+pub(crate) struct Behaviour {
     /// Send only this many body bytes of the first full (non-Range) response, then hang up.
     cut_first_at: Option<usize>,
     /// Answer 200 with the whole file even when a Range is asked for.
     ignore_range: bool,
 }
 
-struct Server {
-    base: String,
-    requests: Arc<AtomicUsize>,
+pub(crate) struct Server {
+    pub(crate) base: String,
+    pub(crate) requests: Arc<AtomicUsize>,
     ranges: Arc<Mutex<Vec<String>>>,
 }
 
-fn serve(files: HashMap<String, Vec<u8>>, behaviour: Behaviour) -> Server {
+pub(crate) fn serve(files: HashMap<String, Vec<u8>>, behaviour: Behaviour) -> Server {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     let requests = Arc::new(AtomicUsize::new(0));

@@ -11,7 +11,9 @@
 //!   judged by a [`DomainClassifier`] trained on the real images;
 //! * **reconstruction** PSNR of background and target rows;
 //! * **image quality** — `dfd`/`dkd`, Fréchet and kernel distances in the domain classifier's
-//!   features between samples and real images (`fid`/`kid` need Inception weights: `null`);
+//!   features between samples and real images; `fid`/`kid`, the same in the FID Inception-v3
+//!   features ([`crate::metrics::inception`]) when its weights are installed (`cargo xtask
+//!   fetch-weights`), else `null`;
 //!
 //! and the image grids of the report. [`report`] writes `metrics.json` (schema in [`schema`]),
 //! `report.md`, `report.html` and the grid PNGs into `RUN/eval/`.
@@ -65,6 +67,9 @@ pub enum EvalError {
         /// The cause.
         source: std::io::Error,
     },
+    /// The FID Inception weights are installed but do not load.
+    #[error(transparent)]
+    Inception(#[from] metrics::inception::InceptionError),
     /// `metrics.json` could not be parsed.
     #[error("cannot parse '{path}': {source}")]
     Json {
@@ -93,6 +98,10 @@ pub struct EvalOptions {
     pub salient_labels: Option<Vec<String>>,
     /// Domain classifier training.
     pub classifier: ClassifierOptions,
+    /// FID Inception weights (safetensors). `None` or a file that does not exist: `quality.fid`
+    /// and `quality.kid` are `null`; a file that exists but does not load is an error.
+    /// [`EvalOptions::from_config`] sets [`metrics::inception::default_weights_path`].
+    pub inception_weights: Option<std::path::PathBuf>,
 }
 
 impl EvalOptions {
@@ -105,6 +114,7 @@ impl EvalOptions {
             seed: 0,
             salient_labels: None,
             classifier: ClassifierOptions::default(),
+            inception_weights: metrics::inception::default_weights_path(),
         }
     }
 }
@@ -357,6 +367,11 @@ pub fn evaluate(
         )));
     }
     let bs = opts.batch_size.max(1);
+    // Loaded first, so that broken weights fail before the long part.
+    let inception = match &opts.inception_weights {
+        Some(p) if p.is_file() => Some(metrics::inception::InceptionFeatures::load(p, m.device())?),
+        _ => None,
+    };
     let group: Vec<i64> = Vec::<i64>::try_from(&set.group).map_err(MetricsError::from)?;
     let bg_rows: Vec<usize> = (0..n).filter(|&i| group[i] == 0).collect();
     let tg_rows: Vec<usize> = (0..n).filter(|&i| group[i] != 0).collect();
@@ -533,9 +548,24 @@ pub fn evaluate(
     } else {
         (None, None)
     };
+    let (fid, kid) = match &inception {
+        Some(net) if n >= 2 => {
+            tracing::info!(
+                "FID/KID: Inception features of {} real and {} generated images",
+                n,
+                generated.size()[0]
+            );
+            let fr = net.features(&x, bs)?;
+            let fg = net.features(&generated, bs)?;
+            let fid = metrics::frechet_distance(&fr, &fg)?;
+            let kid = metrics::kid(&fr, &fg, 100, 1000, opts.seed)?.mean;
+            (Some(fid), Some(kid))
+        }
+        _ => (None, None),
+    };
     let quality = Quality {
-        fid: None,
-        kid: None,
+        fid,
+        kid,
         dfd,
         dkd,
         domain_classifier_accuracy: Some(classifier.heldout_accuracy).filter(|a| a.is_finite()),
@@ -888,6 +918,7 @@ mod tests {
                 steps: 20,
                 ..Default::default()
             },
+            inception_weights: None,
         }
     }
 

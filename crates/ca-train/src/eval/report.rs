@@ -346,7 +346,14 @@ fn tables(runs: &[(&str, &Metrics)]) -> Vec<Section> {
     });
     out.push(Section {
         title: "Image quality".into(),
-        note: "dfd / dkd: Fréchet and kernel distances between samples of both sets and the real images in the features of a background-vs-target CNN trained on the real evaluation images (not FID: FID/KID need Inception-v3 weights).".into(),
+        note: format!(
+            "{} dfd / dkd: Fréchet and kernel distances between samples of both sets and the real images in the features of a background-vs-target CNN trained on the real evaluation images (domain distances, not FID).",
+            if runs.first().is_some_and(|(_, m)| m.quality.fid.is_some()) {
+                "FID / KID: Fréchet and kernel (unbiased cubic-polynomial MMD², mean of 100 subsets) distances between samples of both sets and the real images in the 2048-d pool3 features of the FID Inception-v3 (pt_inception-2015-12-05 weights)."
+            } else {
+                "FID / KID: not computed — the Inception weights are not installed; run `cargo xtask fetch-weights` (it writes them to $CA_WEIGHTS_DIR, default ~/.cache/ca/weights) and evaluate again."
+            }
+        ),
         rows: vec![
             row("FID", &|m| opt(m.quality.fid)),
             row("KID", &|m| opt(m.quality.kid)),

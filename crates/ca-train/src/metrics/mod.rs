@@ -18,6 +18,7 @@ use tch::Tensor;
 
 pub mod fid;
 pub mod image;
+pub mod inception;
 pub mod probe;
 
 pub use fid::{
