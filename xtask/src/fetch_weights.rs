@@ -171,20 +171,11 @@ pub fn read_header(path: &Path) -> anyhow::Result<Header> {
         }
         let bad = || format!("{}: malformed header entry '{name}'", path.display());
         let dtype = v["dtype"].as_str().with_context(bad)?.to_string();
-        let shape: Vec<u64> = v["shape"]
-            .as_array()
-            .with_context(bad)?
-            .iter()
-            .map(|d| d.as_u64())
-            .collect::<Option<_>>()
-            .with_context(bad)?;
-        let off: Vec<u64> = v["data_offsets"]
-            .as_array()
-            .with_context(bad)?
-            .iter()
-            .map(|d| d.as_u64())
-            .collect::<Option<_>>()
-            .with_context(bad)?;
+        let u64_list = |key: &str| -> Option<Vec<u64>> {
+            v[key].as_array()?.iter().map(|d| d.as_u64()).collect()
+        };
+        let shape = u64_list("shape").with_context(bad)?;
+        let off = u64_list("data_offsets").with_context(bad)?;
         let size = dtype_size(&dtype)
             .with_context(|| format!("{}: '{name}' has unknown dtype {dtype}", path.display()))?;
         if off.len() != 2
