@@ -3,40 +3,10 @@
 
 use std::path::Path;
 
-use crate::util::{ca, err, losses, ok, root, train};
+use crate::util::{ca, err, losses, ok, root, tiny_gan, train};
 
-/// Overrides that make the ca-gan preset tiny: 8x8-channel nets, 64+64 images, batch 8.
 fn tiny(steps: u64) -> Vec<String> {
-    let mut v: Vec<String> = [
-        "data.n_background=48",
-        "data.n_target=48",
-        "data.workers=1",
-        "model.dz=6",
-        "model.ds=2",
-        "model.generator.base_channels=8",
-        "model.generator.max_channels=16",
-        "model.generator.w_dim=16",
-        "model.generator.mapping_layers=2",
-        "model.discriminator.base_channels=8",
-        "model.discriminator.max_channels=16",
-        "model.discriminator.hidden=16",
-        "model.encoder.base_channels=8",
-        "model.encoder.max_channels=16",
-        "model.encoder.hidden=16",
-        "loss.r1_every=2",
-        "train.batch_size=8",
-        "train.log_every=1",
-        "train.sample_every=0",
-        "train.checkpoint_every=3",
-        "train.threads=1",
-        "eval.folds=2",
-        "eval.batch_size=16",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    v.push(format!("train.max_steps={steps}"));
-    v
+    tiny_gan(steps, 3)
 }
 
 const CONFIG: &str = "configs/ca-gan-synthetic.toml";

@@ -3,4 +3,5 @@
 
 mod diffusion;
 mod gan;
+mod reliability;
 mod util;

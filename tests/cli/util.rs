@@ -52,8 +52,8 @@ pub fn losses(run: &Path) -> (Vec<String>, Vec<Vec<String>>) {
 }
 
 /// `ca train` on the CPU into `out` with `--set` overrides: a new run of `config` (relative to
-/// the workspace root), or `--resume` of `out`. Returns stdout.
-pub fn train(config: &str, out: &Path, sets: &[String], resume: bool) -> String {
+/// the workspace root), or `--resume` of `out`. Not yet run (tests spawn it or wait on it).
+pub fn train_cmd(config: &str, out: &Path, sets: &[String], resume: bool) -> Command {
     let mut c = ca();
     c.arg("train")
         .arg("--device")
@@ -68,5 +68,45 @@ pub fn train(config: &str, out: &Path, sets: &[String], resume: bool) -> String 
     for s in sets {
         c.arg("--set").arg(s);
     }
-    ok(&mut c)
+    c
+}
+
+/// [`train_cmd`] run to success. Returns stdout.
+pub fn train(config: &str, out: &Path, sets: &[String], resume: bool) -> String {
+    ok(&mut train_cmd(config, out, sets, resume))
+}
+
+/// Overrides that make the ca-gan preset tiny: 8-16-channel nets, 48+48 images, batch 8, a
+/// loss row every step, one thread.
+pub fn tiny_gan(steps: u64, checkpoint_every: u64) -> Vec<String> {
+    let mut v: Vec<String> = [
+        "data.n_background=48",
+        "data.n_target=48",
+        "data.workers=1",
+        "model.dz=6",
+        "model.ds=2",
+        "model.generator.base_channels=8",
+        "model.generator.max_channels=16",
+        "model.generator.w_dim=16",
+        "model.generator.mapping_layers=2",
+        "model.discriminator.base_channels=8",
+        "model.discriminator.max_channels=16",
+        "model.discriminator.hidden=16",
+        "model.encoder.base_channels=8",
+        "model.encoder.max_channels=16",
+        "model.encoder.hidden=16",
+        "loss.r1_every=2",
+        "train.batch_size=8",
+        "train.log_every=1",
+        "train.sample_every=0",
+        "train.threads=1",
+        "eval.folds=2",
+        "eval.batch_size=16",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    v.push(format!("train.max_steps={steps}"));
+    v.push(format!("train.checkpoint_every={checkpoint_every}"));
+    v
 }

@@ -67,7 +67,12 @@ impl Progress for Bar {
         self.bar.set_message(self.last.clone());
     }
     fn message(&mut self, msg: &str) {
-        self.bar.println(msg);
+        // A hidden bar (stderr not a terminal: batch jobs, nohup, tests) drops println.
+        if self.bar.is_hidden() {
+            eprintln!("{msg}");
+        } else {
+            self.bar.println(msg);
+        }
     }
 }
 
@@ -124,16 +129,24 @@ impl Train {
         if device.is_cuda() {
             tch::Cuda::cudnn_set_benchmark(true);
         }
+        // SIGINT, SIGTERM and SIGHUP (ctrlc's `termination` feature): finish the step, write a
+        // checkpoint, exit 0. A second signal exits at once (the previous checkpoint stays valid).
         let flag = run::stop_flag();
-        let _ = ctrlc::set_handler(move || {
+        if let Err(e) = ctrlc::set_handler(move || {
             if flag.swap(true, Ordering::SeqCst) {
-                eprintln!("\nsecond interrupt: exiting without a final checkpoint");
+                eprintln!(
+                    "\nsecond stop signal: exiting now without a final checkpoint (the last one stays valid)"
+                );
                 std::process::exit(130);
             }
             eprintln!(
-                "\ninterrupt: finishing the current step and writing a checkpoint (press again to abort)"
+                "\nstop signal received (SIGINT/SIGTERM): finishing the current step and writing a checkpoint (send it again to exit at once)"
             );
-        });
+        }) {
+            tracing::warn!(
+                "cannot install the SIGINT/SIGTERM handler ({e}); a signal will stop the run without a final checkpoint"
+            );
+        }
         let bar = ProgressBar::new(cfg.train.max_steps);
         bar.set_style(
             ProgressStyle::with_template(
@@ -162,7 +175,8 @@ impl Train {
         );
         if run::stop_flag().load(Ordering::SeqCst) {
             println!(
-                "stopped on request; continue with: ca train --resume --out {}",
+                "stopped on request at step {} with a final checkpoint; continue with: ca train --resume --out {}",
+                summary.steps,
                 summary.run_dir.display()
             );
         }

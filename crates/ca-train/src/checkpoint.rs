@@ -14,8 +14,13 @@
 //! then is `latest` replaced (temp file + rename). The previous checkpoint stays valid until the
 //! new one is complete; a run killed at any moment resumes from `latest`. The step is read from
 //! `meta.json`, never parsed from a folder name.
+//!
+//! `meta.json` records the size and an FNV-1a 64 digest of each tensor file, so a truncated or
+//! damaged file is refused by name ([`open`]) instead of being loaded; [`open`] then falls back
+//! to the newest older checkpoint that is intact. A checkpoint of another model family or
+//! another model config is refused before any tensor is read.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -59,6 +64,55 @@ pub struct CheckpointMeta {
     pub model_digest: String,
     /// The run seed.
     pub seed: u64,
+    /// Size and digest of each tensor file (absent in checkpoints written before it existed:
+    /// those are not verified).
+    #[serde(default)]
+    pub files: BTreeMap<String, FileDigest>,
+    /// The learning-rate multiplier left by NaN rollbacks (1 without any).
+    #[serde(default = "one")]
+    pub lr_scale: f64,
+    /// NaN rollbacks done so far.
+    #[serde(default)]
+    pub rollbacks: u32,
+}
+
+fn one() -> f64 {
+    1.0
+}
+
+/// Size and content digest of one checkpoint file.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct FileDigest {
+    /// Length in bytes.
+    pub bytes: u64,
+    /// FNV-1a 64 of the contents, 16 hex digits.
+    pub fnv1a64: String,
+}
+
+impl FileDigest {
+    /// Size and digest of the file at `path` (read in 1 MiB chunks).
+    pub fn of_file(path: &Path) -> Result<Self, CheckpointError> {
+        use std::io::Read;
+        let mut f = File::open(path).map_err(io(path))?;
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        let mut bytes = 0u64;
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            let n = f.read(&mut buf).map_err(io(path))?;
+            if n == 0 {
+                break;
+            }
+            bytes += n as u64;
+            for &b in &buf[..n] {
+                h ^= u64::from(b);
+                h = h.wrapping_mul(0x0100_0000_01b3);
+            }
+        }
+        Ok(FileDigest {
+            bytes,
+            fnv1a64: format!("{h:016x}"),
+        })
+    }
 }
 
 /// Errors of reading or writing checkpoints; each names the file.
@@ -114,6 +168,16 @@ pub enum CheckpointError {
         found: Vec<i64>,
         /// Shape of the model's variable.
         expected: Vec<i64>,
+    },
+    /// A tensor file is truncated, damaged or not a safetensors file.
+    #[error(
+        "checkpoint file '{path}' is damaged: {msg}. Delete this checkpoint folder to resume from an older one, or start a new run"
+    )]
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        msg: String,
     },
     /// The checkpoint belongs to another model kind or config.
     #[error(
@@ -185,6 +249,7 @@ pub fn write(
         std::fs::remove_dir_all(&tmp_dir).map_err(io(&tmp_dir))?;
     }
     std::fs::create_dir_all(&tmp_dir).map_err(io(&tmp_dir))?;
+    let mut digests = BTreeMap::new();
     for (file, tensors) in [("model.safetensors", model), ("state.safetensors", state)] {
         let path = tmp_dir.join(file);
         let cpu: Vec<(&str, Tensor)> = tensors
@@ -196,9 +261,14 @@ pub fn write(
             source,
         })?;
         fsync_file(&path)?;
+        digests.insert(file.to_string(), FileDigest::of_file(&path)?);
     }
     let meta_path = tmp_dir.join("meta.json");
-    let json = serde_json::to_vec_pretty(meta).expect("meta serialises");
+    let meta = CheckpointMeta {
+        files: digests,
+        ..meta.clone()
+    };
+    let json = serde_json::to_vec_pretty(&meta).expect("meta serialises");
     std::fs::write(&meta_path, json).map_err(io(&meta_path))?;
     fsync_file(&meta_path)?;
     fsync_dir(&tmp_dir)?;
@@ -240,11 +310,121 @@ pub fn latest(run_dir: &Path) -> Result<PathBuf, CheckpointError> {
     let pointer = root.join("latest");
     let name = std::fs::read_to_string(&pointer)
         .map_err(|_| CheckpointError::Missing(run_dir.to_path_buf()))?;
-    let dir = root.join(name.trim());
+    let name = name.trim();
+    if !name.starts_with("ckpt-") || name.contains(['/', '\\']) || name.ends_with(".tmp") {
+        return Err(CheckpointError::Meta {
+            path: pointer,
+            msg: format!("names `{name}`, not a checkpoint folder like ckpt-0001000"),
+        });
+    }
+    let dir = root.join(name);
     if !dir.join("meta.json").exists() {
         return Err(CheckpointError::Missing(run_dir.to_path_buf()));
     }
     Ok(dir)
+}
+
+/// Check a checkpoint's tensor files against the sizes and digests in its meta.json.
+pub fn verify(ckpt_dir: &Path, meta: &CheckpointMeta) -> Result<(), CheckpointError> {
+    for (file, want) in &meta.files {
+        if file.contains(['/', '\\']) || !file.ends_with(".safetensors") {
+            return Err(CheckpointError::Meta {
+                path: ckpt_dir.join("meta.json"),
+                msg: format!("lists `{file}`, not a tensor file of this folder"),
+            });
+        }
+        let path = ckpt_dir.join(file);
+        if !path.is_file() {
+            return Err(CheckpointError::Corrupt {
+                path,
+                msg: "the file is missing".into(),
+            });
+        }
+        let got = FileDigest::of_file(&path)?;
+        if got.bytes != want.bytes {
+            return Err(CheckpointError::Corrupt {
+                path,
+                msg: format!(
+                    "{} bytes, meta.json records {} (truncated or overwritten)",
+                    got.bytes, want.bytes
+                ),
+            });
+        }
+        if got.fnv1a64 != want.fnv1a64 {
+            return Err(CheckpointError::Corrupt {
+                path,
+                msg: format!(
+                    "content digest {} differs from the {} recorded in meta.json",
+                    got.fnv1a64, want.fnv1a64
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Open the checkpoint a run resumes from or serves: the newest one that belongs to this model
+/// (`kind`, config `digest`) and whose files are intact. A checkpoint of another model is an
+/// error at once ([`CheckpointError::Mismatch`]); a damaged newest checkpoint falls back to the
+/// newest older intact one with a warning in the log, and is an error only when none is intact.
+pub fn open(
+    run_dir: &Path,
+    kind: &str,
+    digest: &str,
+) -> Result<(PathBuf, CheckpointMeta), CheckpointError> {
+    // `latest` first; then every complete folder, newest first (also when `latest` is gone,
+    // e.g. after the user deleted a damaged checkpoint).
+    let mut first_err = None;
+    let mut candidates = Vec::new();
+    match latest(run_dir) {
+        Ok(dir) => candidates.push(dir),
+        Err(CheckpointError::Missing(_)) => {}
+        Err(e) => first_err = Some(e),
+    }
+    if let Ok(names) = list(&dir_of(run_dir)) {
+        for n in names.into_iter().rev() {
+            let d = dir_of(run_dir).join(n);
+            if !candidates.contains(&d) && d.join("meta.json").is_file() {
+                candidates.push(d);
+            }
+        }
+    }
+    if candidates.is_empty() {
+        return Err(first_err.unwrap_or_else(|| CheckpointError::Missing(run_dir.to_path_buf())));
+    }
+    for dir in candidates {
+        let checked = read_meta(&dir).and_then(|meta| {
+            if meta.model_kind != kind || meta.model_digest != digest {
+                return Err(CheckpointError::Mismatch {
+                    path: dir.clone(),
+                    found: format!(
+                        "a {} model (config digest {})",
+                        meta.model_kind, meta.model_digest
+                    ),
+                    expected: format!("a {kind} model (config digest {digest})"),
+                });
+            }
+            verify(&dir, &meta)?;
+            Ok(meta)
+        });
+        match checked {
+            Ok(meta) => {
+                if let Some(e) = &first_err {
+                    tracing::warn!(
+                        "{e}; using the older checkpoint '{}' (step {})",
+                        dir.display(),
+                        meta.step
+                    );
+                }
+                return Ok((dir, meta));
+            }
+            Err(e @ CheckpointError::Mismatch { .. }) => return Err(e),
+            Err(e) => {
+                first_err.get_or_insert(e);
+            }
+        }
+    }
+    Err(first_err.expect("a candidate failed"))
 }
 
 /// Read a checkpoint's meta.json.
@@ -269,9 +449,9 @@ pub fn read_tensors(
             source: std::io::Error::new(std::io::ErrorKind::NotFound, "file missing"),
         });
     }
-    let v = Tensor::read_safetensors(&path).map_err(|source| CheckpointError::Tensor {
+    let v = Tensor::read_safetensors(&path).map_err(|source| CheckpointError::Corrupt {
         path: path.clone(),
-        source,
+        msg: format!("not a readable safetensors file ({source})"),
     })?;
     Ok(v.into_iter().collect())
 }
@@ -301,7 +481,10 @@ pub fn load_var_store(
                 expected: var.size(),
             });
         }
-        var.copy_(src);
+        var.f_copy_(src).map_err(|e| CheckpointError::Corrupt {
+            path: file.to_path_buf(),
+            msg: format!("tensor '{key}' cannot be loaded: {e}"),
+        })?;
     }
     Ok(())
 }
@@ -356,6 +539,9 @@ mod tests {
             model_kind: "gan".into(),
             model_digest: "abc".into(),
             seed: 3,
+            files: BTreeMap::new(),
+            lr_scale: 1.0,
+            rollbacks: 0,
         };
         for step in [10, 20, 30] {
             meta.step = step;
@@ -379,6 +565,134 @@ mod tests {
             left,
             vec!["ckpt-0000020".to_string(), "ckpt-0000030".to_string()]
         );
+    }
+
+    fn meta(step: u64, kind: &str, digest: &str) -> CheckpointMeta {
+        CheckpointMeta {
+            step,
+            images_seen: step * 8,
+            wall_clock_s: 0.0,
+            model_kind: kind.into(),
+            model_digest: digest.into(),
+            seed: 0,
+            files: BTreeMap::new(),
+            lr_scale: 1.0,
+            rollbacks: 0,
+        }
+    }
+
+    fn write_two(dir: &Path) -> (PathBuf, PathBuf) {
+        let t = Tensor::from_slice(&[1.0f32, 2.0, 3.0, 4.0]);
+        let mut out = Vec::new();
+        for step in [5, 10] {
+            let w = &t * step as f64;
+            out.push(
+                write(
+                    dir,
+                    &meta(step, "gan", "d1"),
+                    &[("g.w".into(), w.shallow_clone())],
+                    &[("g.w".into(), w)],
+                    2,
+                )
+                .unwrap(),
+            );
+        }
+        (out[0].clone(), out[1].clone())
+    }
+
+    #[test]
+    fn open_refuses_another_model_kind_or_config() {
+        let dir = tempfile::tempdir().unwrap();
+        write_two(dir.path());
+        let (ck, m) = open(dir.path(), "gan", "d1").unwrap();
+        assert!(ck.ends_with("ckpt-0000010") && m.step == 10);
+        assert_eq!(m.files["model.safetensors"].bytes, {
+            std::fs::metadata(ck.join("model.safetensors"))
+                .unwrap()
+                .len()
+        });
+        let e = open(dir.path(), "diffusion", "d1").unwrap_err().to_string();
+        assert!(
+            e.contains("ckpt-0000010")
+                && e.contains("written by a gan model")
+                && e.contains("this run is a diffusion model"),
+            "{e}"
+        );
+        let e = open(dir.path(), "gan", "other").unwrap_err().to_string();
+        assert!(
+            e.contains("config digest d1") && e.contains("config digest other"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn damaged_files_are_named_and_an_older_checkpoint_is_used() {
+        let dir = tempfile::tempdir().unwrap();
+        let (old, new) = write_two(dir.path());
+        // Truncated: the size differs from meta.json.
+        let f = new.join("state.safetensors");
+        let bytes = std::fs::read(&f).unwrap();
+        std::fs::write(&f, &bytes[..bytes.len() - 7]).unwrap();
+        let e = verify(&new, &read_meta(&new).unwrap())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("state.safetensors") && e.contains("truncated") && e.contains("is damaged"),
+            "{e}"
+        );
+        let (ck, m) = open(dir.path(), "gan", "d1").unwrap();
+        assert_eq!(
+            (ck, m.step),
+            (old.clone(), 5),
+            "falls back to the intact one"
+        );
+        // One flipped byte (same size): the digest differs.
+        let f = old.join("model.safetensors");
+        let mut bytes = std::fs::read(&f).unwrap();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 0x40;
+        std::fs::write(&f, &bytes).unwrap();
+        // Neither is intact: the newest one's problem is reported.
+        let e = open(dir.path(), "gan", "d1").unwrap_err().to_string();
+        assert!(e.contains("truncated") && e.contains("ckpt-0000010"), "{e}");
+        // After the user deletes the damaged newest folder, the older one is found even
+        // though `latest` names the deleted one.
+        std::fs::remove_dir_all(&new).unwrap();
+        let e = open(dir.path(), "gan", "d1").unwrap_err().to_string();
+        assert!(
+            e.contains("ckpt-0000005") && e.contains("content digest"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn garbage_tensor_files_and_meta_are_clear_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_, new) = write_two(dir.path());
+        // A meta.json without digests (older checkpoints) is not verified; the tensor reader
+        // still refuses a file that is not safetensors.
+        let mut m = read_meta(&new).unwrap();
+        m.files.clear();
+        std::fs::write(new.join("meta.json"), serde_json::to_vec(&m).unwrap()).unwrap();
+        std::fs::write(
+            new.join("model.safetensors"),
+            b"\x10\0\0\0\0\0\0\0{not json}",
+        )
+        .unwrap();
+        let e = read_tensors(&new, "model").unwrap_err().to_string();
+        assert!(
+            e.contains("model.safetensors") && e.contains("not a readable safetensors"),
+            "{e}"
+        );
+        std::fs::write(new.join("meta.json"), b"{\"step\": \"ten\"}").unwrap();
+        let e = read_meta(&new).unwrap_err().to_string();
+        assert!(
+            e.contains("meta.json") && e.contains("not a valid checkpoint"),
+            "{e}"
+        );
+        std::fs::write(dir_of(dir.path()).join("latest"), "../../etc").unwrap();
+        let e = latest(dir.path()).unwrap_err().to_string();
+        assert!(e.contains("not a checkpoint folder"), "{e}");
     }
 
     #[test]

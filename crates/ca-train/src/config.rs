@@ -247,6 +247,13 @@ pub struct TrainConfig {
     pub seed: u64,
     /// libtorch intra-op threads (0 = libtorch's default). Default 0.
     pub threads: usize,
+    /// On a NaN/Inf loss or weight, reload the last good checkpoint, multiply the learning
+    /// rates by `rollback_lr_factor` and continue, instead of stopping. Default false.
+    pub nan_rollback: bool,
+    /// Learning-rate multiplier applied at each NaN rollback, in (0, 1). Default 0.5.
+    pub rollback_lr_factor: f64,
+    /// Stop (as without rollback) after this many rollbacks in a run. Default 3.
+    pub max_rollbacks: u32,
 }
 
 impl Default for TrainConfig {
@@ -262,6 +269,9 @@ impl Default for TrainConfig {
             keep_last: 2,
             seed: 0,
             threads: 0,
+            nan_rollback: false,
+            rollback_lr_factor: 0.5,
+            max_rollbacks: 3,
         }
     }
 }
@@ -350,6 +360,13 @@ impl RunConfig {
                 "train.max_minutes",
                 t.max_minutes.to_string(),
                 "must be >= 0",
+            ));
+        }
+        if !(t.rollback_lr_factor > 0.0 && t.rollback_lr_factor < 1.0) {
+            return Err(bad(
+                "train.rollback_lr_factor",
+                t.rollback_lr_factor.to_string(),
+                "must be in (0, 1): each NaN rollback lowers the learning rates",
             ));
         }
         if t.log_every == 0 {
@@ -478,6 +495,30 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("loss.swap"), "{e}");
+    }
+
+    #[test]
+    fn nan_rollback_keys_default_off_and_are_validated() {
+        let c = RunConfig::from_toml(MINIMAL, "t.toml", &[]).unwrap();
+        assert!(!c.train.nan_rollback);
+        assert_eq!(
+            (c.train.rollback_lr_factor, c.train.max_rollbacks),
+            (0.5, 3)
+        );
+        let e = RunConfig::from_toml(
+            MINIMAL,
+            "t.toml",
+            &[
+                "train.nan_rollback=true".into(),
+                "train.rollback_lr_factor=1.5".into(),
+            ],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("train.rollback_lr_factor") && e.contains("(0, 1)"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -4,7 +4,15 @@
 //!
 //! Determinism: step `k` reseeds libtorch's RNG from `(seed, k)` and the loader's order is a
 //! pure function of `(seed, batch index)`, so a run resumed from a checkpoint at step `k`
-//! replays exactly the steps an uninterrupted run would have taken (on CPU).
+//! replays exactly the steps an uninterrupted run would have taken (on CPU). On resume the rows
+//! of `losses.csv` after the checkpoint's step (written before a kill) are dropped, so the log
+//! has one row per logged step, without gaps or duplicates.
+//!
+//! Reliability: the run directory is probed (write, fsync, remove) and its free space compared
+//! with what the kept checkpoints need before step 0. Before every checkpoint the pending loss
+//! sums and all state tensors are checked for NaN/Inf, so a checkpoint is never written from a
+//! diverged state; a non-finite value stops the run, or, with `train.nan_rollback`, reloads
+//! the last good checkpoint and continues with lower learning rates.
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -56,7 +64,7 @@ pub enum TrainError {
     RunDir(PathBuf, String),
     /// A loss became NaN or infinite.
     #[error(
-        "loss term `{term}` became {value} at step {step}; the last good checkpoint is kept in '{run}'. Lower the learning rate (optim.lr_*) or the term's weight, then resume with --resume"
+        "loss term `{term}` became {value} by step {step}; the last good checkpoint is kept in '{run}'. Lower the learning rate (optim.lr_*) or the term's weight, then resume with --resume (or set train.nan_rollback = true)"
     )]
     NonFinite {
         /// The term.
@@ -219,7 +227,8 @@ pub fn mix(mut x: u64) -> u64 {
     x ^ (x >> 31)
 }
 
-/// Create the run directory and write `config.toml`; refuses a non-empty folder.
+/// Create the run directory and write `config.toml`; refuses a non-empty folder and one that
+/// cannot be written ([`probe_writable`]).
 pub fn prepare_run_dir(dir: &Path, cfg: &RunConfig) -> Result<(), TrainError> {
     if dir.exists() {
         let mut entries = std::fs::read_dir(dir).map_err(io("cannot read run directory", dir))?;
@@ -230,10 +239,146 @@ pub fn prepare_run_dir(dir: &Path, cfg: &RunConfig) -> Result<(), TrainError> {
             ));
         }
     }
-    std::fs::create_dir_all(dir).map_err(io("cannot create run directory", dir))?;
-    // Writability check before any training starts.
+    std::fs::create_dir_all(dir).map_err(|e| {
+        TrainError::RunDir(
+            dir.to_path_buf(),
+            format!("cannot be created ({e}); choose another --out"),
+        )
+    })?;
+    probe_writable(dir)?;
     checkpoint::write_atomic(&dir.join("config.toml"), cfg.to_toml().as_bytes())?;
     Ok(())
+}
+
+/// Check before training that `dir` takes a file: write 64 KiB, fsync, remove.
+pub fn probe_writable(dir: &Path) -> Result<(), TrainError> {
+    let probe = dir.join(".ca-write-probe");
+    let written = (|| {
+        let mut f = std::fs::File::create(&probe)?;
+        f.write_all(&[0u8; 64 << 10])?;
+        f.sync_all()?;
+        std::fs::remove_file(&probe)
+    })();
+    written.map_err(|e| {
+        let _ = std::fs::remove_file(&probe);
+        TrainError::RunDir(
+            dir.to_path_buf(),
+            format!(
+                "is not writable ({e}); fix its permissions or free space, or choose another --out"
+            ),
+        )
+    })
+}
+
+/// Bytes the tensors take once written (safetensors stores them raw).
+pub fn tensor_bytes(tensors: &[(String, Tensor)]) -> u64 {
+    tensors
+        .iter()
+        .map(|(_, t)| (t.numel() * t.kind().elt_size_in_bytes()) as u64)
+        .sum()
+}
+
+/// Refuse to start when the file system of `dir` has less than `need` bytes free.
+pub fn check_space(dir: &Path, free: u64, need: u64, what: &str) -> Result<(), TrainError> {
+    if free < need {
+        let mib = |b: u64| b.div_ceil(1 << 20);
+        return Err(TrainError::RunDir(
+            dir.to_path_buf(),
+            format!(
+                "only {} MiB free on its file system, {what} need about {} MiB; free space, lower train.keep_last, or choose another --out",
+                mib(free),
+                mib(need)
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Free bytes (for unprivileged users) on the file system holding `path` or its nearest
+/// existing ancestor; `None` where the system cannot tell.
+pub fn free_bytes(path: &Path) -> Option<u64> {
+    let existing = path
+        .ancestors()
+        .find(|q| !q.as_os_str().is_empty() && q.exists())
+        .unwrap_or(Path::new("."));
+    statvfs_free(existing)
+}
+
+#[cfg(unix)]
+fn statvfs_free(path: &Path) -> Option<u64> {
+    let st = rustix::fs::statvfs(path).ok()?;
+    Some(st.f_bavail.saturating_mul(st.f_frsize))
+}
+
+#[cfg(not(unix))]
+fn statvfs_free(_: &Path) -> Option<u64> {
+    None
+}
+
+/// Rewrite `losses.csv` keeping the header and the complete rows of steps `<= step` (a run
+/// killed after its last checkpoint logged steps that the resumed run will log again).
+/// Returns the number of rows dropped.
+pub fn truncate_log(path: &Path, step: u64) -> Result<usize, TrainError> {
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return Ok(0);
+    };
+    let mut out = String::new();
+    let mut dropped = 0;
+    let mut lines = text.split_inclusive('\n');
+    let mut fields = 0;
+    if let Some(h) = lines.next().filter(|h| h.ends_with('\n')) {
+        fields = h.split(',').count();
+        out.push_str(h);
+    }
+    for line in lines {
+        let keep = line.ends_with('\n')
+            && line.split(',').count() == fields
+            && line
+                .split(',')
+                .next()
+                .and_then(|s| s.parse::<u64>().ok())
+                .is_some_and(|s| s <= step);
+        if keep {
+            out.push_str(line);
+        } else {
+            dropped += 1;
+        }
+    }
+    if dropped > 0 || out.len() != text.len() {
+        checkpoint::write_atomic(path, out.as_bytes())?;
+    }
+    Ok(dropped)
+}
+
+/// The first floating-point tensor holding a NaN or Inf (one host sync for all of them).
+pub fn first_non_finite(tensors: &[(String, Tensor)]) -> Option<String> {
+    let _guard = tch::no_grad_guard();
+    let float: Vec<&(String, Tensor)> = tensors
+        .iter()
+        .filter(|(_, t)| {
+            matches!(
+                t.kind(),
+                Kind::Float | Kind::Double | Kind::Half | Kind::BFloat16
+            ) && t.numel() > 0
+        })
+        .collect();
+    if float.is_empty() {
+        return None;
+    }
+    let flags = Tensor::stack(
+        &float
+            .iter()
+            .map(|(_, t)| t.isfinite().all().to_device(float[0].1.device()))
+            .collect::<Vec<_>>(),
+        0,
+    );
+    let flags =
+        Vec::<u8>::try_from(flags.to_kind(Kind::Uint8).to_device(Device::Cpu)).unwrap_or_default();
+    float
+        .iter()
+        .zip(flags)
+        .find(|(_, ok)| *ok == 0)
+        .map(|((n, _), _)| n.clone())
 }
 
 /// The next free numbered run directory under `root`: `root/00003-<desc>`.
@@ -326,6 +471,28 @@ impl Logger {
             e.0 += t;
             e.1 += 1;
         }
+    }
+
+    /// The first pending (not yet logged) term whose sum is NaN or Inf (one host sync).
+    fn pending_non_finite(&self) -> Option<(String, f64)> {
+        let mut names: Vec<&'static str> = self.sums.keys().copied().collect();
+        names.sort();
+        if names.is_empty() {
+            return None;
+        }
+        let stacked = Tensor::stack(
+            &names
+                .iter()
+                .map(|n| self.sums[n].0.to_device(Device::Cpu))
+                .collect::<Vec<_>>(),
+            0,
+        );
+        let vals = Vec::<f64>::try_from(stacked.to_kind(Kind::Double)).unwrap_or_default();
+        names
+            .iter()
+            .zip(vals)
+            .find(|(_, v)| !v.is_finite())
+            .map(|(n, v)| (n.to_string(), v))
     }
 
     /// One host sync: all sums to the CPU at once. Returns the means.
@@ -426,46 +593,80 @@ pub fn train(
     opts: &RunOptions,
     progress: &mut dyn Progress,
 ) -> Result<RunSummary, TrainError> {
-    let run_dir = opts.run_dir.clone();
     if cfg.train.threads > 0 {
         tch::set_num_threads(cfg.train.threads as i32);
     }
     let ds: Arc<dyn Dataset> = Arc::from(cfg.data.open()?);
-    let geom = geometry(ds.as_ref());
+    let step_fn = build_step(cfg, geometry(ds.as_ref()), opts.device)?;
+    train_with(cfg, opts, ds, step_fn, progress)
+}
+
+/// Rollback bookkeeping carried in every checkpoint's meta.json.
+#[derive(Debug, Clone, Copy)]
+struct Rollback {
+    lr_scale: f64,
+    count: u32,
+}
+
+/// [`train`] with the dataset and the training step given (tests plug in their own step).
+pub fn train_with(
+    cfg: &RunConfig,
+    opts: &RunOptions,
+    ds: Arc<dyn Dataset>,
+    mut step_fn: Box<dyn TrainStep>,
+    progress: &mut dyn Progress,
+) -> Result<RunSummary, TrainError> {
+    let run_dir = opts.run_dir.clone();
     let (dz, ds_dim) = cfg.model.dims();
+    let (kind, digest) = (cfg.model.family(), cfg.model_digest());
+    let policy = CheckpointPolicy {
+        every_steps: cfg.train.checkpoint_every,
+        keep_last: cfg.train.keep_last,
+    };
+    // The kept checkpoints plus the one being written, and 16 MiB for logs and grids.
+    let one_ckpt = tensor_bytes(&step_fn.model_tensors()) + tensor_bytes(&step_fn.state_tensors());
+    let need = one_ckpt * (policy.keep_last.max(1) as u64 + 1) + (16 << 20);
+    let what = format!(
+        "{} checkpoints of {} MiB",
+        policy.keep_last.max(1) + 1,
+        one_ckpt.div_ceil(1 << 20)
+    );
 
     let mut start_step = 0u64;
     let mut wall_before = 0.0;
-    let mut step_fn = build_step(cfg, geom, opts.device)?;
-
+    let mut rb = Rollback {
+        lr_scale: 1.0,
+        count: 0,
+    };
     if opts.resume {
-        let ck = checkpoint::latest(&run_dir)?;
-        let meta = checkpoint::read_meta(&ck)?;
-        if meta.model_kind != cfg.model.family() || meta.model_digest != cfg.model_digest() {
-            return Err(CheckpointError::Mismatch {
-                path: ck,
-                found: format!(
-                    "a {} model (config digest {})",
-                    meta.model_kind, meta.model_digest
-                ),
-                expected: format!(
-                    "a {} model (config digest {})",
-                    cfg.model.family(),
-                    cfg.model_digest()
-                ),
-            }
-            .into());
+        probe_writable(&run_dir)?;
+        if let Some(free) = free_bytes(&run_dir) {
+            check_space(&run_dir, free, need, &what)?;
         }
+        let (ck, meta) = checkpoint::open(&run_dir, kind, &digest)?;
         let state = checkpoint::read_tensors(&ck, "state")?;
         step_fn.load_state(&state, &ck.join("state.safetensors"))?;
         start_step = meta.step;
         wall_before = meta.wall_clock_s;
+        rb = Rollback {
+            lr_scale: meta.lr_scale,
+            count: meta.rollbacks,
+        };
+        let dropped = truncate_log(&run_dir.join("losses.csv"), meta.step)?;
+        let note = if dropped > 0 {
+            format!(" (dropped {dropped} losses.csv rows logged after it)")
+        } else {
+            String::new()
+        };
         progress.message(&format!(
-            "resumed from {} at step {}",
+            "resumed from {} at step {}{note}",
             ck.display(),
             meta.step
         ));
     } else {
+        if let Some(free) = free_bytes(&run_dir) {
+            check_space(&run_dir, free, need, &what)?;
+        }
         prepare_run_dir(&run_dir, cfg)?;
         progress.message(&format!(
             "run directory {}\n{}",
@@ -475,16 +676,16 @@ pub fn train(
     }
 
     let batch = cfg.train.batch_size;
-    let mut lopts = LoaderOptions::from_dataset(ds.as_ref(), batch);
-    lopts.start_batch = start_step as usize;
-    let n_t = ((batch as f64) * lopts.target_fraction).round() as i64;
-    let n_bg = batch as i64 - n_t;
-    let mut loader = TrainLoader::new(ds.clone(), lopts)?;
-    let mut logger = Logger::open(&run_dir)?;
-    let policy = CheckpointPolicy {
-        every_steps: cfg.train.checkpoint_every,
-        keep_last: cfg.train.keep_last,
+    let make_loader = |start: u64| -> Result<TrainLoader, TrainError> {
+        let mut lopts = LoaderOptions::from_dataset(ds.as_ref(), batch);
+        lopts.start_batch = start as usize;
+        Ok(TrainLoader::new(ds.clone(), lopts)?)
     };
+    let target_fraction = LoaderOptions::from_dataset(ds.as_ref(), batch).target_fraction;
+    let n_t = ((batch as f64) * target_fraction).round() as i64;
+    let n_bg = batch as i64 - n_t;
+    let mut loader = make_loader(start_step)?;
+    let mut logger = Logger::open(&run_dir)?;
     let decay = ema::decay_for_half_life(cfg.train.ema_half_life_images, batch);
     let grid_codes = fixed_grid_codes(dz, ds_dim, cfg.train.seed, opts.device);
     let stop = stop_flag();
@@ -492,24 +693,34 @@ pub fn train(
     let total = cfg.train.max_steps;
     let mut step = start_step;
     let mut reason = "reached train.max_steps".to_string();
-    let write_ckpt =
-        |step_fn: &dyn TrainStep, step: u64, wall: f64| -> Result<PathBuf, TrainError> {
-            let meta = CheckpointMeta {
-                step,
-                images_seen: step * batch as u64,
-                wall_clock_s: wall,
-                model_kind: cfg.model.family().into(),
-                model_digest: cfg.model_digest(),
-                seed: cfg.train.seed,
-            };
-            Ok(checkpoint::write(
-                &run_dir,
-                &meta,
-                &step_fn.model_tensors(),
-                &step_fn.state_tensors(),
-                policy.keep_last,
-            )?)
+    let write_ckpt = |step_fn: &dyn TrainStep,
+                      step: u64,
+                      wall: f64,
+                      rb: Rollback|
+     -> Result<PathBuf, TrainError> {
+        let meta = CheckpointMeta {
+            step,
+            images_seen: step * batch as u64,
+            wall_clock_s: wall,
+            model_kind: kind.into(),
+            model_digest: digest.clone(),
+            seed: cfg.train.seed,
+            files: Default::default(),
+            lr_scale: rb.lr_scale,
+            rollbacks: rb.count,
         };
+        Ok(checkpoint::write(
+            &run_dir,
+            &meta,
+            &step_fn.model_tensors(),
+            &step_fn.state_tensors(),
+            policy.keep_last,
+        )?)
+    };
+    if cfg.train.nan_rollback && !opts.resume {
+        // A rollback target before the first periodic checkpoint.
+        write_ckpt(step_fn.as_ref(), 0, 0.0, rb)?;
+    }
     while step < total {
         if stop.load(Ordering::SeqCst) {
             reason = "stop requested (signal)".into();
@@ -523,13 +734,15 @@ pub fn train(
         let batch_data = loader.next().expect("the training loader is infinite")?;
         let x = batch_data.images_f32(opts.device);
         tch::manual_seed(mix(cfg.train.seed ^ mix(step + 1)) as i64);
-        step_fn.set_lr_factor(cfg.optim.lr_factor(step, total));
+        step_fn.set_lr_factor(cfg.optim.lr_factor(step, total) * rb.lr_scale);
         let stats = step_fn.train_step(&x, n_bg, step)?;
         step_fn.update_ema(decay);
         logger.add(stats);
         step += 1;
         let wall = wall_before + t0.elapsed().as_secs_f64();
+        let ckpt_due = step < total && checkpoint::is_due(step, false, &policy);
         let mut logged = None;
+        let mut fault = None;
         if step.is_multiple_of(cfg.train.log_every) || step == total {
             let means = logger.flush(
                 step,
@@ -537,22 +750,56 @@ pub fn train(
                 wall,
                 cfg.optim.lr_factor(step, total),
             )?;
-            if let Some((term, v)) = means.iter().find(|(_, v)| !v.is_finite()) {
+            fault = means.iter().find(|(_, v)| !v.is_finite()).cloned();
+            logged = Some(means);
+        } else if ckpt_due {
+            fault = logger.pending_non_finite();
+        }
+        if fault.is_none() && (ckpt_due || step == total) {
+            // Never checkpoint a diverged state: NaN weights or moments with finite losses.
+            fault = first_non_finite(&step_fn.state_tensors())
+                .map(|name| (format!("weights `{name}`"), f64::NAN));
+        }
+        if let Some((term, value)) = fault {
+            if !cfg.train.nan_rollback || rb.count >= cfg.train.max_rollbacks {
+                if cfg.train.nan_rollback {
+                    progress.message(&format!(
+                        "train.max_rollbacks = {} rollbacks used up",
+                        cfg.train.max_rollbacks
+                    ));
+                }
                 return Err(TrainError::NonFinite {
-                    term: term.clone(),
-                    value: *v,
+                    term,
+                    value,
                     step,
                     run: run_dir.clone(),
                 });
             }
-            logged = Some(means);
+            let (ck, meta) = checkpoint::open(&run_dir, kind, &digest)?;
+            let state = checkpoint::read_tensors(&ck, "state")?;
+            step_fn.load_state(&state, &ck.join("state.safetensors"))?;
+            rb = Rollback {
+                lr_scale: rb.lr_scale * cfg.train.rollback_lr_factor,
+                count: rb.count + 1,
+            };
+            progress.message(&format!(
+                "loss term `{term}` became {value} by step {step}: rolled back to the checkpoint at step {} with learning rates x{} (rollback {} of {})",
+                meta.step, rb.lr_scale, rb.count, cfg.train.max_rollbacks
+            ));
+            step = meta.step;
+            drop(logger);
+            truncate_log(&run_dir.join("losses.csv"), step)?;
+            logger = Logger::open(&run_dir)?;
+            drop(loader);
+            loader = make_loader(step)?;
+            continue;
         }
         progress.on_step(step, total, logged.as_deref());
         if cfg.train.sample_every > 0 && step.is_multiple_of(cfg.train.sample_every) {
             write_samples(step_fn.as_ref(), &grid_codes, &run_dir, step)?;
         }
-        if step < total && checkpoint::is_due(step, false, &policy) {
-            let p = write_ckpt(step_fn.as_ref(), step, wall)?;
+        if ckpt_due {
+            let p = write_ckpt(step_fn.as_ref(), step, wall, rb)?;
             logger.plot(&run_dir.join("loss_curves.png"))?;
             progress.message(&format!("checkpoint {}", p.display()));
         }
@@ -560,9 +807,17 @@ pub fn train(
     let wall = wall_before + t0.elapsed().as_secs_f64();
     // A partial log window is flushed so the CSV covers the last step.
     if !logger.sums.is_empty() {
-        logger.flush(step, step * batch as u64, wall, 1.0)?;
+        let means = logger.flush(step, step * batch as u64, wall, 1.0)?;
+        if let Some((term, value)) = means.iter().find(|(_, v)| !v.is_finite()) {
+            return Err(TrainError::NonFinite {
+                term: term.clone(),
+                value: *value,
+                step,
+                run: run_dir.clone(),
+            });
+        }
     }
-    let p = write_ckpt(step_fn.as_ref(), step, wall)?;
+    let p = write_ckpt(step_fn.as_ref(), step, wall, rb)?;
     write_samples(step_fn.as_ref(), &grid_codes, &run_dir, step)?;
     logger.plot(&run_dir.join("loss_curves.png"))?;
     progress.message(&format!("final checkpoint {} ({reason})", p.display()));
@@ -604,20 +859,7 @@ pub fn load_run(
         ));
     }
     let cfg = RunConfig::load(&cfg_path, &[])?;
-    let ck = checkpoint::latest(run_dir)?;
-    let meta = checkpoint::read_meta(&ck)?;
-    if meta.model_digest != cfg.model_digest() {
-        return Err(CheckpointError::Mismatch {
-            path: ck,
-            found: format!("config digest {}", meta.model_digest),
-            expected: format!(
-                "config digest {} (from {})",
-                cfg.model_digest(),
-                cfg_path.display()
-            ),
-        }
-        .into());
-    }
+    let (ck, meta) = checkpoint::open(run_dir, cfg.model.family(), &cfg.model_digest())?;
     let tensors = checkpoint::read_tensors(&ck, "model")?;
     let file = ck.join("model.safetensors");
     let common = cfg.data.common()?;
@@ -632,4 +874,234 @@ pub fn load_run(
         )?),
     };
     Ok((cfg, model, meta))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn truncate_log_drops_rows_after_the_checkpoint_and_a_torn_row() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("losses.csv");
+        let text = "step,images,wall_clock_s,loss\n1,8,0.1,0.5\n2,16,0.2,0.4\n3,24,0.3,0.3\n4,3";
+        std::fs::write(&p, text).unwrap();
+        assert_eq!(truncate_log(&p, 10).unwrap(), 1, "only the torn row");
+        assert_eq!(truncate_log(&p, 2).unwrap(), 1);
+        assert_eq!(
+            std::fs::read_to_string(&p).unwrap(),
+            "step,images,wall_clock_s,loss\n1,8,0.1,0.5\n2,16,0.2,0.4\n"
+        );
+        assert_eq!(truncate_log(&dir.path().join("none.csv"), 2).unwrap(), 0);
+    }
+
+    #[test]
+    fn unwritable_and_full_output_folders_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        // Tests run as root, which ignores permissions: a folder below a regular file cannot
+        // exist for anyone.
+        let file = dir.path().join("plain-file");
+        std::fs::write(&file, "x").unwrap();
+        let cfg = RunConfig::from_toml("[model]\nfamily = \"gan\"\n", "t", &[]).unwrap();
+        let e = prepare_run_dir(&file.join("run"), &cfg)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("plain-file/run") && e.contains("cannot be created"),
+            "{e}"
+        );
+        let e = probe_writable(&file).unwrap_err().to_string();
+        assert!(e.contains("is not writable") && e.contains("--out"), "{e}");
+        probe_writable(dir.path()).unwrap();
+        assert!(
+            std::fs::read_dir(dir.path()).unwrap().count() == 1,
+            "probe removed"
+        );
+        // Free space: the rule, and that the real file system reports something.
+        let e = check_space(dir.path(), 10 << 20, 300 << 20, "3 checkpoints of 100 MiB")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("only 10 MiB free")
+                && e.contains("about 300 MiB")
+                && e.contains("keep_last"),
+            "{e}"
+        );
+        check_space(dir.path(), 300 << 20, 300 << 20, "x").unwrap();
+        assert!(free_bytes(&dir.path().join("not/yet/created")).is_some_and(|b| b > 0));
+    }
+
+    #[test]
+    fn first_non_finite_names_the_tensor() {
+        let ok = Tensor::from_slice(&[1.0f32, 2.0]);
+        let bad = Tensor::from_slice(&[1.0f32, f32::INFINITY]);
+        let ints = Tensor::from_slice(&[1i64]);
+        let v = vec![
+            ("a".to_string(), ok.shallow_clone()),
+            ("i".to_string(), ints),
+        ];
+        assert_eq!(first_non_finite(&v), None);
+        let v = vec![("a".to_string(), ok), ("b".to_string(), bad)];
+        assert_eq!(first_non_finite(&v).as_deref(), Some("b"));
+    }
+
+    /// A one-weight "model": each step adds the learning rate to `w`; from step `nan_from` on,
+    /// a learning rate above `nan_above` makes the loss (and, with `poison`, `w`) NaN.
+    struct Toy {
+        w: Tensor,
+        lr: f64,
+        nan_from: u64,
+        nan_above: f64,
+        loss_stays_finite: bool,
+    }
+
+    impl TrainStep for Toy {
+        fn train_step(&mut self, _: &Tensor, _: i64, step: u64) -> Result<StepStats, TrainError> {
+            let _guard = tch::no_grad_guard();
+            if step >= self.nan_from && self.lr > self.nan_above {
+                let _ = self.w.fill_(f64::NAN);
+            } else {
+                self.w += self.lr;
+            }
+            let loss = if self.loss_stays_finite {
+                Tensor::from(1.0f32)
+            } else {
+                self.w.sum(Kind::Float)
+            };
+            Ok(vec![("loss", loss)])
+        }
+        fn set_lr_factor(&mut self, factor: f64) {
+            self.lr = factor;
+        }
+        fn update_ema(&self, _: f64) {}
+        fn model_tensors(&self) -> Vec<(String, Tensor)> {
+            vec![("w".into(), self.w.shallow_clone())]
+        }
+        fn state_tensors(&self) -> Vec<(String, Tensor)> {
+            self.model_tensors()
+        }
+        fn load_state(
+            &mut self,
+            tensors: &HashMap<String, Tensor>,
+            _: &Path,
+        ) -> Result<(), CheckpointError> {
+            let _guard = tch::no_grad_guard();
+            self.w.copy_(&tensors["w"]);
+            Ok(())
+        }
+        fn samples(&self, codes: &CaCode) -> Tensor {
+            Tensor::zeros([codes.z.size()[0], 3, 8, 8], (Kind::Float, Device::Cpu))
+        }
+        fn summary(&self) -> String {
+            "toy".into()
+        }
+    }
+
+    fn toy_run(
+        dir: &Path,
+        sets: &[&str],
+        nan_from: u64,
+        loss_stays_finite: bool,
+    ) -> (Result<RunSummary, TrainError>, Vec<String>) {
+        let text = "[data]\nkind = \"synthetic\"\nn_background = 16\nn_target = 16\nworkers = 1\n[model]\nfamily = \"gan\"\n[train]\nbatch_size = 4\nmax_steps = 8\nlog_every = 1\ncheckpoint_every = 3\nsample_every = 0\nkeep_last = 5\n";
+        let sets: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
+        let cfg = RunConfig::from_toml(text, "toy", &sets).unwrap();
+        let ds: Arc<dyn Dataset> = Arc::from(cfg.data.open().unwrap());
+        let toy = Toy {
+            w: Tensor::zeros([2], (Kind::Float, Device::Cpu)),
+            lr: 1.0,
+            nan_from,
+            nan_above: 0.6,
+            loss_stays_finite,
+        };
+        struct Collect(Vec<String>);
+        impl Progress for Collect {
+            fn on_step(&mut self, _: u64, _: u64, _: Option<&[(String, f64)]>) {}
+            fn message(&mut self, msg: &str) {
+                self.0.push(msg.to_string());
+            }
+        }
+        let mut msgs = Collect(Vec::new());
+        let opts = RunOptions {
+            run_dir: dir.to_path_buf(),
+            resume: false,
+            device: Device::Cpu,
+        };
+        let r = train_with(&cfg, &opts, ds, Box::new(toy), &mut msgs);
+        (r, msgs.0)
+    }
+
+    #[test]
+    fn nan_stops_the_run_and_keeps_the_last_good_checkpoint() {
+        let dir = tempfile::tempdir().unwrap();
+        let run = dir.path().join("run");
+        let (r, _) = toy_run(&run, &[], 5, false);
+        let e = r.unwrap_err();
+        assert!(matches!(e, TrainError::NonFinite { step: 6, .. }), "{e}");
+        let e = e.to_string();
+        assert!(
+            e.contains("`loss` became NaN by step 6") && e.contains("nan_rollback"),
+            "{e}"
+        );
+        let ck = checkpoint::latest(&run).unwrap();
+        assert_eq!(checkpoint::read_meta(&ck).unwrap().step, 3);
+
+        // NaN weights with a finite loss: caught before the checkpoint at step 3 is written.
+        let run = dir.path().join("weights");
+        let (r, _) = toy_run(&run, &["train.log_every=4"], 1, true);
+        let e = r.unwrap_err().to_string();
+        assert!(e.contains("weights `w`") && e.contains("by step 3"), "{e}");
+        assert!(
+            checkpoint::latest(&run).is_err(),
+            "no checkpoint of a NaN state"
+        );
+    }
+
+    #[test]
+    fn nan_rollback_reloads_the_last_good_checkpoint_with_a_lower_learning_rate() {
+        let dir = tempfile::tempdir().unwrap();
+        let run = dir.path().join("run");
+        let (r, msgs) = toy_run(&run, &["train.nan_rollback=true"], 5, false);
+        let summary = r.unwrap();
+        assert_eq!(summary.steps, 8);
+        assert!(
+            msgs.iter().any(|m| m.contains(
+                "rolled back to the checkpoint at step 3 with learning rates x0.5 (rollback 1 of 3)"
+            )),
+            "{msgs:?}"
+        );
+        // Steps 1-3 at lr 1, then 4-8 at lr 0.5: w = 3 + 2.5 per element, loss = 2 w.
+        let ck = checkpoint::latest(&run).unwrap();
+        let meta = checkpoint::read_meta(&ck).unwrap();
+        assert_eq!((meta.step, meta.lr_scale, meta.rollbacks), (8, 0.5, 1));
+        let w = &checkpoint::read_tensors(&ck, "model").unwrap()["w"];
+        assert_eq!(Vec::<f32>::try_from(w).unwrap(), vec![5.5, 5.5]);
+        let log = std::fs::read_to_string(run.join("losses.csv")).unwrap();
+        let rows: Vec<Vec<&str>> = log
+            .lines()
+            .skip(1)
+            .map(|l| l.split(',').collect())
+            .collect();
+        let steps: Vec<&str> = rows.iter().map(|r| r[0]).collect();
+        assert_eq!(steps, ["1", "2", "3", "4", "5", "6", "7", "8"]);
+        assert_eq!(rows[5][3], "9.000000", "step 6 replayed at lr 0.5: 2 * 4.5");
+
+        // A fault that lower rates do not cure: stops after max_rollbacks.
+        let run = dir.path().join("stubborn");
+        let (r, msgs) = toy_run(
+            &run,
+            &[
+                "train.nan_rollback=true",
+                "train.max_rollbacks=2",
+                "train.rollback_lr_factor=0.9",
+            ],
+            5,
+            false,
+        );
+        assert!(matches!(r, Err(TrainError::NonFinite { .. })));
+        assert!(
+            msgs.iter().any(|m| m.contains("max_rollbacks = 2")),
+            "{msgs:?}"
+        );
+    }
 }
