@@ -15,9 +15,12 @@ fuzz_target!(|data: &[u8]| {
     index.insert((Group::Target, "sub/b.png".to_string()), 1);
     index.insert((Group::Target, "c.png".to_string()), 2);
     let skipped: BTreeSet<String> = ["target/gone.png".to_string()].into();
-    if let Ok(cols) = parse_labels(Path::new("labels.csv"), data, &index, &skipped, &groups) {
-        for c in cols {
+    if let Ok(l) = parse_labels(Path::new("labels.csv"), data, &index, &skipped, &groups) {
+        for c in l.columns {
             assert_eq!(c.values.len(), groups.len());
+        }
+        if let Some(s) = l.subset {
+            assert_eq!(s.len(), groups.len());
         }
     }
 });

@@ -161,6 +161,11 @@ pub trait Dataset: Send + Sync {
     fn mask(&self, index: usize) -> Result<Option<Vec<f32>>>;
     /// Label columns over all items (index order). Empty when the dataset has no labels.
     fn labels(&self) -> Vec<LabelColumn>;
+    /// The split fixed by the dataset itself (`labels.csv` column `subset`): `Some(true)` =
+    /// evaluation, `Some(false)` = training, `None` = decided by `data.eval_fraction`.
+    fn subset(&self, _index: usize) -> Option<bool> {
+        None
+    }
     /// Whether ground truth (counterparts and masks) exists.
     fn has_ground_truth(&self) -> bool;
 }

@@ -10,7 +10,7 @@
 //!   `ROOT/target_counterfactual/<same relative name>` (the background counterpart) and
 //!   `ROOT/target_mask/<same relative name>` (a grey image, mask = value / 255).
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 use rayon::prelude::*;
@@ -101,7 +101,7 @@ pub struct FolderDataset {
     files: Vec<(Group, String)>,
     n_background: usize,
     common: Common,
-    labels: Vec<LabelColumn>,
+    labels: crate::labels::Labels,
     counterfactual: bool,
     mask: bool,
     skipped: SkipReport,
@@ -161,19 +161,7 @@ impl FolderDataset {
         if skipped.count > 0 {
             tracing::warn!(count = skipped.count, first = ?skipped.first, "skipped unreadable images (data.skip_bad_images = true)");
         }
-        let groups: Vec<Group> = files.iter().map(|(g, _)| *g).collect();
-        let index: HashMap<(Group, String), usize> = files
-            .iter()
-            .cloned()
-            .enumerate()
-            .map(|(i, k)| (k, i))
-            .collect();
-        let labels_path = root.join("labels.csv");
-        let labels = if labels_path.is_file() {
-            crate::labels::read_labels(&labels_path, &index, &skipped_names, &groups)?
-        } else {
-            Vec::new()
-        };
+        let labels = crate::labels::read_root_labels(root, &files, &skipped_names)?;
         let mut ds = Self {
             root: root.to_path_buf(),
             files,
@@ -277,7 +265,10 @@ impl Dataset for FolderDataset {
         Ok(Some(m.into_iter().map(|v| v as f32 / 255.0).collect()))
     }
     fn labels(&self) -> Vec<LabelColumn> {
-        self.labels.clone()
+        self.labels.columns.clone()
+    }
+    fn subset(&self, index: usize) -> Option<bool> {
+        self.labels.subset.as_ref().and_then(|s| s[index])
     }
     fn has_ground_truth(&self) -> bool {
         self.counterfactual && self.mask

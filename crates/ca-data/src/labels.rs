@@ -5,12 +5,50 @@
 //! all numbers with at least one decimal is continuous; any other text is categorical with
 //! codes given to the distinct strings in sorted order. Empty cells are missing (NaN), and so
 //! are images without a row.
+//!
+//! A column named `subset` is not a label: its cells (`train`, `eval`, or empty) fix the image's
+//! split (the split of the dataset's authors, e.g. CelebA's evaluation partition); an image with
+//! an empty cell or without a row is split by `data.eval_fraction` as usual. A column named
+//! `mask` (the path of a target image's mask file, as `cargo xtask fetch-datasets` writes for
+//! brain MRI) is not a label either and is ignored: a path per image is no factor to probe.
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
 
 use crate::dataset::{Group, LabelColumn, LabelKind};
 use crate::error::{DataError, DataErrorKind, Result};
+
+/// What `labels.csv` holds.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Labels {
+    /// The label columns (every column but `split`, `file`, `subset` and `mask`).
+    pub columns: Vec<LabelColumn>,
+    /// Per item, from the `subset` column: `Some(true)` = held out for evaluation,
+    /// `Some(false)` = training, `None` = not fixed (empty cell, no row). `None` without the
+    /// column.
+    pub subset: Option<Vec<Option<bool>>>,
+}
+
+/// `ROOT/labels.csv` of a dataset whose items are `files` (group, path relative to the group
+/// folder), or no labels when the file does not exist. `skipped`: see [`read_labels`].
+pub fn read_root_labels(
+    root: &Path,
+    files: &[(Group, String)],
+    skipped: &BTreeSet<String>,
+) -> Result<Labels> {
+    let path = root.join("labels.csv");
+    if !path.is_file() {
+        return Ok(Labels::default());
+    }
+    let groups: Vec<Group> = files.iter().map(|(g, _)| *g).collect();
+    let index: HashMap<(Group, String), usize> = files
+        .iter()
+        .cloned()
+        .enumerate()
+        .map(|(i, k)| (k, i))
+        .collect();
+    read_labels(&path, &index, skipped, &groups)
+}
 
 /// Parse `labels.csv` against the dataset's items. `index` maps `(group, relative file)` to an
 /// item index; `skipped` holds `split/file` names skipped as unreadable (their rows are
@@ -20,7 +58,7 @@ pub fn read_labels(
     index: &HashMap<(Group, String), usize>,
     skipped: &BTreeSet<String>,
     groups: &[Group],
-) -> Result<Vec<LabelColumn>> {
+) -> Result<Labels> {
     let file = std::fs::File::open(path).map_err(|e| DataError::io(path, e))?;
     parse_labels(path, file, index, skipped, groups)
 }
@@ -32,7 +70,7 @@ pub fn parse_labels(
     index: &HashMap<(Group, String), usize>,
     skipped: &BTreeSet<String>,
     groups: &[Group],
-) -> Result<Vec<LabelColumn>> {
+) -> Result<Labels> {
     let err = |msg: String| DataError::at(path, DataErrorKind::Labels(msg));
     let mut rdr = csv::ReaderBuilder::new()
         .trim(csv::Trim::All)
@@ -101,11 +139,35 @@ pub fn parse_labels(
             col[i] = (!v.is_empty()).then(|| v.to_string());
         }
     }
-    Ok(names
-        .iter()
-        .zip(cells)
-        .map(|(name, col)| column(name, &col, groups))
-        .collect())
+    let mut subset = None;
+    let mut columns = Vec::new();
+    for (name, col) in names.iter().zip(cells) {
+        if name == "mask" {
+            continue;
+        }
+        if name != "subset" {
+            columns.push(column(name, &col, groups));
+            continue;
+        }
+        let mut fixed = Vec::with_capacity(col.len());
+        for (i, v) in col.iter().enumerate() {
+            fixed.push(match v.as_deref() {
+                None => None,
+                Some("train") => Some(false),
+                Some("eval") => Some(true),
+                Some(other) => {
+                    return Err(err(format!(
+                        "line {}: subset `{other}` (expected train or eval, or an empty cell to let data.eval_fraction decide)",
+                        seen.iter()
+                            .find(|&(&item, _)| item == i)
+                            .map_or(0, |(_, &line)| line)
+                    )));
+                }
+            });
+        }
+        subset = Some(fixed);
+    }
+    Ok(Labels { columns, subset })
 }
 
 fn column(name: &str, cells: &[Option<String>], groups: &[Group]) -> LabelColumn {
@@ -154,7 +216,9 @@ mod tests {
         index.insert((Group::Target, "sub/b.png".to_string()), 1);
         index.insert((Group::Target, "c.png".to_string()), 2);
         std::fs::write(&p, "split,file,kind,size,name\nbackground,a.png,,0.5,x\ntarget,sub/b.png,1,0.25,y\ntarget,c.png,2,1,x\n").unwrap();
-        let cols = read_labels(&p, &index, &BTreeSet::new(), &groups).unwrap();
+        let cols = read_labels(&p, &index, &BTreeSet::new(), &groups)
+            .unwrap()
+            .columns;
         assert_eq!(cols[0].kind, LabelKind::Categorical);
         assert!(cols[0].values[0].is_nan());
         assert_eq!(cols[0].values[1..], [1.0, 2.0]);
@@ -201,6 +265,28 @@ mod tests {
                 "{text:?}: {e}"
             );
         }
+        // The `subset` column fixes the split and is not a label column.
+        std::fs::write(
+            &p,
+            "split,file,subset,kind,mask\nbackground,a.png,eval,0,\ntarget,c.png,train,1,m/c.png\n",
+        )
+        .unwrap();
+        let l = read_labels(&p, &index, &BTreeSet::new(), &groups).unwrap();
+        assert_eq!(l.subset, Some(vec![Some(true), None, Some(false)]));
+        assert_eq!(l.columns.len(), 1);
+        assert_eq!(l.columns[0].name, "kind");
+        std::fs::write(
+            &p,
+            "split,file,subset\nbackground,a.png,eval\ntarget,c.png,test\n",
+        )
+        .unwrap();
+        let e = read_labels(&p, &index, &BTreeSet::new(), &groups)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("line 3: subset `test` (expected train or eval"),
+            "{e}"
+        );
         // Not valid UTF-8.
         std::fs::write(&p, b"split,file,kind\nbackground,a\xff.png,0\n").unwrap();
         let e = read_labels(&p, &index, &BTreeSet::new(), &groups)

@@ -2,7 +2,7 @@
 //! sequential evaluation pass, and the stable train/eval split.
 //!
 //! * **Split:** an item is in the eval split when a hash of `(seed, group, relative file)` falls
-//!   below `eval_fraction`: stable under any batch size or worker count, and for folder data
+//!   below `eval_fraction` (unless labels.csv fixes it, [`Dataset::subset`]): stable under any batch size or worker count, and for folder data
 //!   under adding or removing other files.
 //! * **Order:** batch `k` is a pure function of `(seed, k)`: each group is walked through a
 //!   fresh seeded permutation per epoch, `round(B * target_fraction)` target items and the rest
@@ -61,7 +61,12 @@ pub fn split_indices(ds: &dyn Dataset, split: Split) -> Vec<usize> {
     (0..ds.len())
         .filter(|&i| match split {
             Split::All => true,
-            s => is_eval(c.seed, ds.group(i), &ds.file(i), c.eval_fraction) == (s == Split::Eval),
+            s => {
+                let eval = ds
+                    .subset(i)
+                    .unwrap_or_else(|| is_eval(c.seed, ds.group(i), &ds.file(i), c.eval_fraction));
+                eval == (s == Split::Eval)
+            }
         })
         .collect()
 }

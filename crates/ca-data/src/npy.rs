@@ -6,6 +6,8 @@
 //! `percentile_low`/`percentile_high` percentiles. Non-finite values become 0; a constant
 //! image becomes 0. Then the same transform as image files applies (channels, centre crop,
 //! resize). The header parser is our own (format: NumPy NEP 1, versions 1.0-3.0).
+//! An optional `ROOT/labels.csv` is read as for image folders (label columns for `ca eval`, and
+//! `subset` to fix the evaluation split).
 
 use std::path::{Path, PathBuf};
 
@@ -281,6 +283,7 @@ pub struct NpyDataset {
     common: Common,
     norm: NpyNorm,
     p: (f64, f64),
+    labels: crate::labels::Labels,
 }
 
 impl NpyDataset {
@@ -329,7 +332,9 @@ impl NpyDataset {
                 files.push((g, n));
             }
         }
+        let labels = crate::labels::read_root_labels(&cfg.root, &files, &Default::default())?;
         Ok(Self {
+            labels,
             root: cfg.root.clone(),
             files,
             n_background,
@@ -379,7 +384,10 @@ impl Dataset for NpyDataset {
         Ok(None)
     }
     fn labels(&self) -> Vec<LabelColumn> {
-        Vec::new()
+        self.labels.columns.clone()
+    }
+    fn subset(&self, index: usize) -> Option<bool> {
+        self.labels.subset.as_ref().and_then(|s| s[index])
     }
     fn has_ground_truth(&self) -> bool {
         false
@@ -453,6 +461,66 @@ mod tests {
         let pc = normalise(&v, NpyNorm::Percentile, 1.0, 98.0);
         assert_eq!(mm[50], 0);
         assert!(pc[50] > 100 && pc[99] == 255, "{}", pc[50]);
+    }
+
+    #[test]
+    fn labels_csv_gives_label_columns_and_fixes_the_split() {
+        use crate::loader::{Split, split_indices};
+        let dir = tempfile::tempdir().unwrap();
+        let r = dir.path();
+        for n in ["a", "b", "c"] {
+            write_npy(
+                &r.join(format!("background/{n}.npy")),
+                "|u1",
+                "(4, 4)",
+                &[1u8; 16],
+            );
+            write_npy(
+                &r.join(format!("target/{n}.npy")),
+                "|u1",
+                "(4, 4)",
+                &[2u8; 16],
+            );
+        }
+        std::fs::write(
+            r.join("labels.csv"),
+            "split,file,subset,tumour\nbackground,a.npy,eval,0\nbackground,b.npy,train,0\n\
+             target,a.npy,eval,1\ntarget,b.npy,train,1\ntarget,c.npy,,1\n",
+        )
+        .unwrap();
+        let mut c = cfg(r, NpyNorm::MinMax);
+        let mut common = DataConfig::Npy(c.clone()).common().unwrap();
+        // eval_fraction 0 would put every item in training; the subset column overrides it
+        // where it has a value.
+        common.eval_fraction = 0.0;
+        let ds = NpyDataset::open(&c, common.clone()).unwrap();
+        assert_eq!(ds.labels().len(), 1);
+        assert_eq!(ds.labels()[0].name, "tumour");
+        assert_eq!(ds.labels()[0].values[3..], [1.0, 1.0, 1.0]);
+        let eval: Vec<String> = split_indices(&ds, Split::Eval)
+            .iter()
+            .map(|&i| format!("{}/{}", ds.group(i).name(), ds.file(i)))
+            .collect();
+        assert_eq!(eval, ["background/a.npy", "target/a.npy"]);
+        // Empty cells and images without a row fall back to eval_fraction.
+        common.eval_fraction = 0.999_999;
+        let ds = NpyDataset::open(&c, common).unwrap();
+        let eval = split_indices(&ds, Split::Eval);
+        assert_eq!(eval.len(), 4, "all but the two `train` rows: {eval:?}");
+        // A bad subset value names the file and the line.
+        std::fs::write(
+            r.join("labels.csv"),
+            "split,file,subset\ntarget,a.npy,val\n",
+        )
+        .unwrap();
+        c.norm = NpyNorm::MinMax;
+        let e = NpyDataset::open(&c, DataConfig::Npy(c.clone()).common().unwrap())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("labels.csv") && e.contains("line 2: subset `val`"),
+            "{e}"
+        );
     }
 
     #[test]
