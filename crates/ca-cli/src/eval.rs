@@ -34,6 +34,11 @@ pub struct EvalArgs {
     /// eval.max_images).
     #[arg(long)]
     max_images: Option<usize>,
+    /// At most this many real and generated images for FID/KID, 0 = all (default: the run's
+    /// eval.fid_images, 1,000 if the run predates it). FID grows as the set shrinks: compare
+    /// runs at the same value.
+    #[arg(long)]
+    fid_images: Option<usize>,
     /// Salient label columns to probe (comma-separated); default: every categorical column
     /// that varies only within the target set.
     #[arg(long, value_delimiter = ',')]
@@ -87,6 +92,9 @@ pub fn eval(a: &EvalArgs) -> anyhow::Result<()> {
     };
     let mut opts = EvalOptions::from_config(&cfg.eval);
     opts.seed = a.seed;
+    if let Some(k) = a.fid_images {
+        opts.fid_images = k;
+    }
     if !a.salient_labels.is_empty() {
         opts.salient_labels = Some(a.salient_labels.clone());
     }

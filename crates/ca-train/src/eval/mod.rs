@@ -102,6 +102,8 @@ pub struct EvalOptions {
     /// and `quality.kid` are `null`; a file that exists but does not load is an error.
     /// [`EvalOptions::from_config`] sets [`metrics::inception::default_weights_path`].
     pub inception_weights: Option<std::path::PathBuf>,
+    /// At most this many real and generated images for FID/KID (0 = all).
+    pub fid_images: usize,
 }
 
 impl EvalOptions {
@@ -115,6 +117,7 @@ impl EvalOptions {
             salient_labels: None,
             classifier: ClassifierOptions::default(),
             inception_weights: metrics::inception::default_weights_path(),
+            fid_images: c.fid_images,
         }
     }
 }
@@ -548,20 +551,18 @@ pub fn evaluate(
     } else {
         (None, None)
     };
-    let (fid, kid) = match &inception {
+    let (fid, kid, fid_images) = match &inception {
         Some(net) if n >= 2 => {
-            tracing::info!(
-                "FID/KID: Inception features of {} real and {} generated images",
-                n,
-                generated.size()[0]
-            );
-            let fr = net.features(&x, bs)?;
-            let fg = net.features(&generated, bs)?;
+            let (real, fake) = fid_subset(&x, &gen_bg, &gen_t, &bg_rows, &tg_rows, opts.fid_images);
+            let k = real.size()[0];
+            tracing::info!("FID/KID: Inception features of {k} real and {k} generated images");
+            let fr = net.features(&real, bs)?;
+            let fg = net.features(&fake, bs)?;
             let fid = metrics::frechet_distance(&fr, &fg)?;
             let kid = metrics::kid(&fr, &fg, 100, 1000, opts.seed)?.mean;
-            (Some(fid), Some(kid))
+            (Some(fid), Some(kid), Some(k as usize))
         }
-        _ => (None, None),
+        _ => (None, None, None),
     };
     let quality = Quality {
         fid,
@@ -569,6 +570,7 @@ pub fn evaluate(
         dfd,
         dkd,
         domain_classifier_accuracy: Some(classifier.heldout_accuracy).filter(|a| a.is_finite()),
+        fid_images,
     };
 
     let grids = make_grids(
@@ -779,6 +781,38 @@ fn make_grids(m: &dyn CaModel, set: &EvalSet, g: &GridInputs) -> Vec<Grid> {
     grids
 }
 
+/// The images behind FID/KID: at most `cap` real rows (0 = all) in the evaluated background /
+/// target proportions, evenly spaced over each group's rows, and as many generated images of
+/// each set (`gen_bg`, `gen_t`: one per background / target row).
+fn fid_subset(
+    x: &Tensor,
+    gen_bg: &Tensor,
+    gen_t: &Tensor,
+    bg_rows: &[usize],
+    tg_rows: &[usize],
+    cap: usize,
+) -> (Tensor, Tensor) {
+    let n = bg_rows.len() + tg_rows.len();
+    if cap == 0 || cap >= n {
+        return (x.shallow_clone(), Tensor::cat(&[gen_bg, gen_t], 0));
+    }
+    let kb = ((cap * bg_rows.len()) as f64 / n as f64).round() as usize;
+    let kt = cap - kb;
+    let pick = |rows: &[usize], k: usize| -> Vec<i64> {
+        (0..k).map(|i| rows[i * rows.len() / k] as i64).collect()
+    };
+    let idx = [pick(bg_rows, kb), pick(tg_rows, kt)].concat();
+    let real = x.index_select(0, &Tensor::from_slice(&idx).to_device(x.device()));
+    let fake = Tensor::cat(
+        &[
+            gen_bg.narrow(0, 0, kb as i64),
+            gen_t.narrow(0, 0, kt as i64),
+        ],
+        0,
+    );
+    (real, fake)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -919,6 +953,27 @@ mod tests {
                 ..Default::default()
             },
             inception_weights: None,
+            fid_images: 0,
+        }
+    }
+
+    #[test]
+    fn fid_subset_keeps_the_group_proportions_and_caps_both_sets() {
+        // 6 background rows (0..6), 4 target rows (6..10); generated: 6 + 4, marked by value.
+        let x = Tensor::arange(10, (Kind::Float, Device::Cpu));
+        let gen_bg = Tensor::full([6], 100.0, (Kind::Float, Device::Cpu));
+        let gen_t = Tensor::full([4], 200.0, (Kind::Float, Device::Cpu));
+        let (bg, tg): (Vec<usize>, Vec<usize>) = ((0..6).collect(), (6..10).collect());
+        let (r, f) = fid_subset(&x, &gen_bg, &gen_t, &bg, &tg, 5);
+        // 5 of 10: round(5 * 6 / 10) = 3 background rows (0, 2, 4), 2 target rows (6, 8).
+        assert_eq!(Vec::<f32>::try_from(&r).unwrap(), [0.0, 2.0, 4.0, 6.0, 8.0]);
+        assert_eq!(
+            Vec::<f32>::try_from(&f).unwrap(),
+            [100.0, 100.0, 100.0, 200.0, 200.0]
+        );
+        for cap in [0, 10, 50] {
+            let (r, f) = fid_subset(&x, &gen_bg, &gen_t, &bg, &tg, cap);
+            assert_eq!((r.size()[0], f.size()[0]), (10, 10), "cap {cap}: all");
         }
     }
 

@@ -208,6 +208,10 @@ pub struct Quality {
     /// Held-out accuracy of the domain classifier on real images.
     #[serde(default)]
     pub domain_classifier_accuracy: Option<f64>,
+    /// Real images (and as many generated ones) behind `fid`/`kid` (`eval.fid_images`); null
+    /// without FID.
+    #[serde(default)]
+    pub fid_images: Option<usize>,
 }
 
 /// How the evaluation was run.

@@ -470,7 +470,7 @@ impl InceptionFeatures {
             })?
             .into_iter()
             .collect();
-        let mut me = Self::build(device);
+        let mut me = Self::untrained(device);
         let _guard = tch::no_grad_guard();
         let mut vars: Vec<(String, Tensor)> = me.vs.variables().into_iter().collect();
         vars.sort_by(|a, b| a.0.cmp(&b.0));
@@ -495,11 +495,19 @@ impl InceptionFeatures {
         Ok(me)
     }
 
-    /// The network with libtorch's default initialisation (tests, and the base of [`Self::load`]).
-    fn build(device: Device) -> Self {
+    /// The network with libtorch's default initialisation: the base of [`Self::load`], and for
+    /// tests and timing (`examples/untrained_inception.rs`); its features mean nothing.
+    pub fn untrained(device: Device) -> Self {
         let vs = nn::VarStore::new(device);
         let net = FidInceptionV3::new(&vs.root());
         InceptionFeatures { vs, net }
+    }
+
+    /// Write every variable to a safetensors file that [`Self::load`] reads.
+    pub fn save(&self, path: &Path) -> Result<(), tch::TchError> {
+        let mut vars: Vec<(String, Tensor)> = self.vs.variables().into_iter().collect();
+        vars.sort_by(|a, b| a.0.cmp(&b.0));
+        Tensor::write_safetensors(&vars, path)
     }
 
     /// The device the network runs on.
@@ -582,7 +590,7 @@ mod tests {
     #[test]
     fn names_and_shapes_match_the_pt_inception_checkpoint() {
         tch::manual_seed(0);
-        let f = InceptionFeatures::build(Device::Cpu);
+        let f = InceptionFeatures::untrained(Device::Cpu);
         let shapes: HashMap<String, Vec<i64>> = var_shapes(&f).into_iter().collect();
         // 94 BasicConv2d (conv.weight + 4 batch-norm tensors each) and fc.{weight, bias}: the
         // checkpoint's 566 entries less its 94 `num_batches_tracked` counters.
@@ -635,7 +643,7 @@ mod tests {
     #[test]
     fn random_network_gives_2048_features_for_small_inputs() {
         tch::manual_seed(1);
-        let f = InceptionFeatures::build(Device::Cpu);
+        let f = InceptionFeatures::untrained(Device::Cpu);
         for (c, s) in [(3, 32), (1, 64)] {
             let x = Tensor::rand([2, c, s, s], (Kind::Float, Device::Cpu)) * 2.0 - 1.0;
             let feat = f.features(&x, 2).unwrap();
@@ -673,7 +681,7 @@ mod tests {
         );
 
         tch::manual_seed(2);
-        let src = InceptionFeatures::build(Device::Cpu);
+        let src = InceptionFeatures::untrained(Device::Cpu);
         let mut vars: Vec<(String, Tensor)> = src.vs.variables().into_iter().collect();
         vars.sort_by(|a, b| a.0.cmp(&b.0));
 
