@@ -35,7 +35,7 @@ pub struct EvalArgs {
     #[arg(long)]
     max_images: Option<usize>,
     /// At most this many real and generated images for FID/KID, 0 = all (default: the run's
-    /// eval.fid_images, 1,000 if the run predates it). FID grows as the set shrinks: compare
+    /// eval.fid_images, 500 if the run predates it). FID grows as the set shrinks: compare
     /// runs at the same value.
     #[arg(long)]
     fid_images: Option<usize>,
