@@ -43,7 +43,8 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let vs = tch::nn::VarStore::new(tch::Device::Cpu);
-    let _w = vs.root().zeros("g.w", &[2, 3]);
-    let _b = vs.root().zeros("g.b", &[3]);
+    let g = vs.root() / "g";
+    let _w = g.zeros("w", &[2, 3]);
+    let _b = g.zeros("b", &[3]);
     let _ = checkpoint::load_var_store(&vs, &t, "", &dir.join("model.safetensors"));
 });
