@@ -334,6 +334,8 @@ class GanStep:
             self.e_ema.load_state_dict(self.e.state_dict())
         if self.loss.get("z_adversary", 0.0) > 0:
             raise SystemExit("reference: loss.z_adversary > 0 is not implemented")
+        if self.loss.get("prior", 0.0) > 0:
+            raise SystemExit("reference: loss.prior > 0 is not implemented")
         betas = (o.get("beta1", 0.5), o.get("beta2", 0.999))
         self.opt_g = torch.optim.Adam(self.g.parameters(), lr=o.get("lr_g", 2e-4), betas=betas,
                                       eps=1e-8)
