@@ -29,6 +29,13 @@ pub struct Labels {
     pub subset: Option<Vec<Option<bool>>>,
 }
 
+impl Labels {
+    /// The split `subset` fixes for item `index` (see [`crate::Dataset::subset`]).
+    pub fn subset_of(&self, index: usize) -> Option<bool> {
+        self.subset.as_ref().and_then(|s| s[index])
+    }
+}
+
 /// `ROOT/labels.csv` of a dataset whose items are `files` (group, path relative to the group
 /// folder), or no labels when the file does not exist. `skipped`: see [`read_labels`].
 pub fn read_root_labels(
@@ -158,9 +165,7 @@ pub fn parse_labels(
                 Some(other) => {
                     return Err(err(format!(
                         "line {}: subset `{other}` (expected train or eval, or an empty cell to let data.eval_fraction decide)",
-                        seen.iter()
-                            .find(|&(&item, _)| item == i)
-                            .map_or(0, |(_, &line)| line)
+                        seen.get(&i).copied().unwrap_or(0)
                     )));
                 }
             });

@@ -387,7 +387,7 @@ impl Dataset for NpyDataset {
         self.labels.columns.clone()
     }
     fn subset(&self, index: usize) -> Option<bool> {
-        self.labels.subset.as_ref().and_then(|s| s[index])
+        self.labels.subset_of(index)
     }
     fn has_ground_truth(&self) -> bool {
         false

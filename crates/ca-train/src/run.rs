@@ -676,13 +676,15 @@ pub fn train_with(
     }
 
     let batch = cfg.train.batch_size;
+    let base_lopts = LoaderOptions::from_dataset(ds.as_ref(), batch);
     let make_loader = |start: u64| -> Result<TrainLoader, TrainError> {
-        let mut lopts = LoaderOptions::from_dataset(ds.as_ref(), batch);
-        lopts.start_batch = start as usize;
+        let lopts = LoaderOptions {
+            start_batch: start as usize,
+            ..base_lopts.clone()
+        };
         Ok(TrainLoader::new(ds.clone(), lopts)?)
     };
-    let target_fraction = LoaderOptions::from_dataset(ds.as_ref(), batch).target_fraction;
-    let n_t = ((batch as f64) * target_fraction).round() as i64;
+    let n_t = ((batch as f64) * base_lopts.target_fraction).round() as i64;
     let n_bg = batch as i64 - n_t;
     let mut loader = make_loader(start_step)?;
     let mut logger = Logger::open(&run_dir)?;
