@@ -13,7 +13,7 @@
 
 use std::path::Path;
 
-fn main() {
+pub fn main() {
     println!("cargo:rerun-if-env-changed=DEP_TCH_LIBTORCH_LIB");
     let Ok(dir) = std::env::var("DEP_TCH_LIBTORCH_LIB") else {
         println!("cargo:rustc-env=CA_LIBTORCH_VERSION=unknown");

@@ -11,22 +11,19 @@
 
 use tch::{Tensor, nn};
 
-/// `leaky_relu(x, slope)` for any `0 <= slope < 1` (tch only binds the default slope 0.01),
-/// as `(1 - slope) * relu(x) + slope * x`: 3-4x faster forward + backward on CPU than
-/// `maximum(x, slope * x)` (measured with PyTorch 2.11 on this project's 2-core machine).
+/// ATen's `leaky_relu(x, slope)` (tch only binds the default slope 0.01, so this goes through
+/// the crate's C++ shim, [`super::native`]). One kernel forward and one backward: fwd + bwd of a
+/// 1M-element tensor takes 2.5 ms on this project's 2-core CPU, against 5.3 ms for the
+/// composite `(1 - slope) * relu(x) + slope * x` used before and 11.7 ms for `where`.
 pub fn leaky_relu(x: &Tensor, slope: f64) -> Tensor {
-    x.relu() * (1.0 - slope) + x * slope
+    super::native::f_leaky_relu(x, slope).unwrap()
 }
 
 /// StyleGAN2's fused bias + leaky ReLU: `leaky_relu(x + b, 0.2) * sqrt(2)`, with `b` of shape
 /// `[C]` added along axis 1 (works for `[B, C]` and `[B, C, H, W]`). The `sqrt(2)` gain keeps the
 /// activations' second moment roughly constant through the network.
 pub fn fused_leaky_relu(x: &Tensor, bias: &Tensor) -> Tensor {
-    let mut shape = vec![1, bias.size()[0]];
-    shape.resize(x.dim(), 1);
-    let x = x + bias.view(shape.as_slice());
-    let g = std::f64::consts::SQRT_2;
-    x.relu() * (0.8 * g) + x * (0.2 * g)
+    super::native::f_bias_leaky_relu(x, bias, 0.2, std::f64::consts::SQRT_2).unwrap()
 }
 
 /// How a layer's weights are initialised and scaled.
@@ -241,5 +238,40 @@ mod tests {
         let x = Tensor::from_slice(&[-1.0f32, 2.0]);
         let y: Vec<f32> = Vec::try_from(leaky_relu(&x, 0.2)).unwrap();
         assert_eq!(y, vec![-0.2, 2.0]);
+    }
+
+    #[test]
+    fn leaky_relu_backward_uses_the_slope() {
+        let x = Tensor::from_slice(&[-1.0f32, 2.0]).set_requires_grad(true);
+        leaky_relu(&x, 0.2).sum(tch::Kind::Float).backward();
+        let g: Vec<f32> = Vec::try_from(x.grad()).unwrap();
+        assert_eq!(g, vec![0.2, 1.0]);
+    }
+
+    #[test]
+    fn fused_leaky_relu_adds_the_bias_per_channel() {
+        // x [1, 2, 1, 2], bias [2]: channel 0 gets -1, channel 1 gets +1.
+        let x = Tensor::from_slice(&[0.5f32, 2.0, -3.0, 1.0]).view([1, 2, 1, 2]);
+        let b = Tensor::from_slice(&[-1.0f32, 1.0]).set_requires_grad(true);
+        let y = fused_leaky_relu(&x, &b);
+        let g = std::f32::consts::SQRT_2;
+        let got: Vec<f32> = Vec::try_from(y.flatten(0, -1)).unwrap();
+        let want = [-0.5 * 0.2 * g, 1.0 * g, -2.0 * 0.2 * g, 2.0 * g];
+        for (a, w) in got.iter().zip(want) {
+            assert!((a - w).abs() < 1e-6, "{got:?} vs {want:?}");
+        }
+        y.sum(tch::Kind::Float).backward();
+        // d/db_c = gain * sum over the channel of the slope at each point.
+        let gb: Vec<f32> = Vec::try_from(b.grad()).unwrap();
+        assert!((gb[0] - (0.2 * g + g)).abs() < 1e-6, "{gb:?}");
+        assert!((gb[1] - (0.2 * g + g)).abs() < 1e-6, "{gb:?}");
+    }
+
+    #[test]
+    fn fused_leaky_relu_names_a_shape_mismatch() {
+        let x = Tensor::zeros([2, 3, 4, 4], (tch::Kind::Float, tch::Device::Cpu));
+        let b = Tensor::zeros([2], (tch::Kind::Float, tch::Device::Cpu));
+        let err = super::super::native::f_bias_leaky_relu(&x, &b, 0.2, 1.0).unwrap_err();
+        assert!(err.to_string().contains("does not match axis 1"), "{err}");
     }
 }
