@@ -106,6 +106,11 @@ pub struct LossConfig {
     pub info_s: f64,
     /// Salient-zero: the predicted `s` of real background images is pushed to 0. Default 1.
     pub salient_zero: f64,
+    /// GAN: dataset classification from the encoder's `s` of real images — a linear head
+    /// `w . s + b` trained with the encoder, BCE against background/target — so that target
+    /// codes must differ from the background's `s = 0` in a readable way (the diffusion model's
+    /// `class` term; for the GAN, `class` is the discriminator's dataset head). Default 0.
+    pub salient_class: f64,
     /// Reconstruction of real images through `G(E(x))`, pixel L1. Default 1.
     pub recon_pixel: f64,
     /// Reconstruction: multi-scale discriminator-feature matching. Default 0 (on in ca-gan).
@@ -142,6 +147,7 @@ impl Default for LossConfig {
             info_z: 1.0,
             info_s: 1.0,
             salient_zero: 1.0,
+            salient_class: 0.0,
             recon_pixel: 1.0,
             recon_features: 0.0,
             swap: 0.0,
@@ -401,6 +407,7 @@ impl RunConfig {
             ("loss.info_z", l.info_z),
             ("loss.info_s", l.info_s),
             ("loss.salient_zero", l.salient_zero),
+            ("loss.salient_class", l.salient_class),
             ("loss.recon_pixel", l.recon_pixel),
             ("loss.recon_features", l.recon_features),
             ("loss.swap", l.swap),

@@ -416,7 +416,10 @@ impl DiffusionStep {
             && let Some(head) = &self.nets.z_head
         {
             let logits = head
-                .forward(&invariance::gradient_reversal(&raw.z, 1.0))
+                .forward(&invariance::gradient_reversal(
+                    &invariance::standardize_columns(&raw.z),
+                    1.0,
+                ))
                 .squeeze_dim(1);
             let t = info::class_bce(&logits, &is_target).mean(Kind::Float);
             loss += &t * l.z_adversary;

@@ -59,14 +59,26 @@ pub struct GanNets {
     pub d: Discriminator,
     /// Separate encoder, live and EMA, with its var stores.
     pub e: Option<EncoderPair>,
-    /// Dataset classifier on `z` (trained through gradient reversal), when `loss.z_adversary > 0`.
-    pub zc: Option<(VarStore, nn::Linear)>,
+    /// Linear heads on the codes of real images, trained with the encoder: the dataset
+    /// classifier on `z` behind gradient reversal (`loss.z_adversary`) and the dataset classifier
+    /// on `s` (`loss.salient_class`). `None` when both weights are 0.
+    pub zc: Option<CodeHeads>,
     /// Code sizes.
     pub dz: i64,
     /// Salient code size.
     pub ds: i64,
     /// Image geometry.
     pub geom: ImageGeometry,
+}
+
+/// The training-only linear heads on real codes (checkpoint prefix `zc.`).
+pub struct CodeHeads {
+    /// Their weights.
+    pub vs: VarStore,
+    /// `z -> dataset logit` (`zc.z_adversary.*`), used through gradient reversal.
+    pub z_adversary: Option<nn::Linear>,
+    /// `s -> dataset logit` (`zc.salient_class.*`).
+    pub salient_class: Option<nn::Linear>,
 }
 
 /// A separate encoder and its EMA copy.
@@ -86,7 +98,7 @@ impl GanNets {
     pub fn build(
         cfg: &GanModelConfig,
         geom: ImageGeometry,
-        with_z_adversary: bool,
+        heads: (bool, bool),
         device: Device,
     ) -> Result<Self, GanError> {
         let g_vs = VarStore::new(device);
@@ -113,10 +125,18 @@ impl GanNets {
                 })
             }
         };
-        let zc = with_z_adversary.then(|| {
+        let (with_z_adversary, with_salient_class) = heads;
+        let zc = (with_z_adversary || with_salient_class).then(|| {
             let vs = VarStore::new(device);
-            let lin = nn::linear(vs.root() / "z_adversary", cfg.dz, 1, Default::default());
-            (vs, lin)
+            let z_adversary = with_z_adversary
+                .then(|| nn::linear(vs.root() / "z_adversary", cfg.dz, 1, Default::default()));
+            let salient_class = with_salient_class
+                .then(|| nn::linear(vs.root() / "salient_class", cfg.ds, 1, Default::default()));
+            CodeHeads {
+                vs,
+                z_adversary,
+                salient_class,
+            }
         });
         Ok(GanNets {
             g_vs,
@@ -161,8 +181,8 @@ impl GanNets {
             v.extend(checkpoint::named(&e.vs, "e."));
             v.extend(checkpoint::named(&e.ema_vs, "e_ema."));
         }
-        if let Some((vs, _)) = &self.zc {
-            v.extend(checkpoint::named(vs, "zc."));
+        if let Some(h) = &self.zc {
+            v.extend(checkpoint::named(&h.vs, "zc."));
         }
         v
     }
@@ -180,8 +200,8 @@ impl GanNets {
             checkpoint::load_var_store(&e.vs, t, "e.", file)?;
             checkpoint::load_var_store(&e.ema_vs, t, "e_ema.", file)?;
         }
-        if let Some((vs, _)) = &self.zc {
-            checkpoint::load_var_store(vs, t, "zc.", file)?;
+        if let Some(h) = &self.zc {
+            checkpoint::load_var_store(&h.vs, t, "zc.", file)?;
         }
         Ok(())
     }
@@ -232,7 +252,7 @@ impl GanStep {
         let opt_zc = nets
             .zc
             .as_ref()
-            .map(|(vs, _)| Adam::for_var_store(vs, cfg(optim.lr_d)));
+            .map(|h| Adam::for_var_store(&h.vs, cfg(optim.lr_d)));
         GanStep {
             nets,
             opt_g,
@@ -530,11 +550,22 @@ impl GanStep {
             loss += &t * l.prior;
             stats.push(("prior", t.detach()));
         }
+        if l.salient_class > 0.0
+            && let Some(lin) = self.nets.zc.as_ref().and_then(|h| h.salient_class.as_ref())
+        {
+            let logits = lin.forward(&real.s).squeeze_dim(1);
+            let t = info::class_bce(&logits, is_target).mean(Kind::Float);
+            loss += &t * l.salient_class;
+            stats.push(("salient_class", t.detach()));
+        }
         if l.z_adversary > 0.0
-            && let Some((_, lin)) = &self.nets.zc
+            && let Some(lin) = self.nets.zc.as_ref().and_then(|h| h.z_adversary.as_ref())
         {
             let logits = lin
-                .forward(&invariance::gradient_reversal(&real.z, 1.0))
+                .forward(&invariance::gradient_reversal(
+                    &invariance::standardize_columns(&real.z),
+                    1.0,
+                ))
                 .squeeze_dim(1);
             let t = info::class_bce(&logits, is_target).mean(Kind::Float);
             loss += &t * l.z_adversary;
@@ -728,7 +759,7 @@ mod tests {
             size: 32,
         };
         let cfg = tiny_cfg(encoder);
-        let nets = GanNets::build(&cfg, geom, false, Device::Cpu).unwrap();
+        let nets = GanNets::build(&cfg, geom, (false, false), Device::Cpu).unwrap();
         let loss = LossConfig {
             adversarial: 0.0,
             r1_gamma: 0.0,
@@ -769,6 +800,65 @@ mod tests {
     #[test]
     fn info_is_learnable_with_discriminator_heads() {
         info_is_learnable(false);
+    }
+
+    /// The salient-class head and the encoder learn together to tell target rows (a bright
+    /// patch) from background rows by their `s`, and the heads are checkpointed under `zc.`.
+    #[test]
+    fn salient_class_separates_the_sets_through_s() {
+        tch::manual_seed(0);
+        tch::set_num_threads(1);
+        let geom = ImageGeometry {
+            channels: 3,
+            size: 32,
+        };
+        let nets = GanNets::build(&tiny_cfg(true), geom, (true, true), Device::Cpu).unwrap();
+        let names: Vec<String> = nets.state_tensors().into_iter().map(|(n, _)| n).collect();
+        for n in ["zc.salient_class.weight", "zc.z_adversary.weight"] {
+            assert!(names.iter().any(|m| m == n), "{n} not in {names:?}");
+        }
+        let loss = LossConfig {
+            adversarial: 0.0,
+            r1_gamma: 0.0,
+            class: 0.0,
+            info_z: 0.0,
+            info_s: 0.0,
+            salient_zero: 0.0,
+            recon_pixel: 0.0,
+            salient_class: 1.0,
+            ..LossConfig::default()
+        };
+        let optim = OptimConfig {
+            lr_e: 2e-3,
+            lr_d: 2e-3,
+            beta1: 0.0,
+            beta2: 0.99,
+            ..OptimConfig::default()
+        };
+        let mut step = GanStep::new(nets, &loss, &optim);
+        let x = Tensor::rand([8, 3, 32, 32], (Kind::Float, Device::Cpu)) * 0.5 - 0.25;
+        // Target rows 4..8 get a bright 8x8 patch at a different place each.
+        for (i, (r, c)) in [(2, 3), (15, 20), (22, 5), (9, 12)].into_iter().enumerate() {
+            let _ = x
+                .get(4 + i as i64)
+                .narrow(1, r, 8)
+                .narrow(2, c, 8)
+                .fill_(1.0);
+        }
+        let value = |stats: &StepStats| {
+            stats
+                .iter()
+                .find(|(n, _)| *n == "salient_class")
+                .map(|(_, t)| t.double_value(&[]))
+                .expect("salient_class is logged")
+        };
+        let values: Vec<f64> = (0..60).map(|k| value(&step.step(&x, 4, k).unwrap())).collect();
+        assert!(
+            (values[0] - std::f64::consts::LN_2).abs() < 0.2,
+            "starts near ln 2: {values:?}"
+        );
+        let last = values[55..].iter().sum::<f64>() / 5.0;
+        assert!(last < 0.2, "salient_class {} -> {last}", values[0]);
     }
 
     // Measured while writing this test: the info loss falls slowly (window means 2.46 -> 1.13

@@ -202,7 +202,12 @@ pub fn build_step(
     tch::manual_seed(mix(cfg.train.seed) as i64);
     match &cfg.model {
         ModelConfig::Gan(g) => {
-            let nets = GanNets::build(g, geom, cfg.loss.z_adversary > 0.0, device)?;
+            let nets = GanNets::build(
+                g,
+                geom,
+                (cfg.loss.z_adversary > 0.0, cfg.loss.salient_class > 0.0),
+                device,
+            )?;
             Ok(Box::new(GanStep::new(nets, &cfg.loss, &cfg.optim)))
         }
         ModelConfig::Diffusion(d) => Ok(Box::new(crate::diffusion::build_step(
