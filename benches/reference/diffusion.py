@@ -273,6 +273,13 @@ class DiffusionStep:
 
     def __init__(self, cfg, channels, size, device):
         m, self.loss, o = cfg["model"], cfg.get("loss", {}), cfg.get("optim", {})
+        # train.precision = "bf16": forward passes and losses under torch.autocast (bfloat16),
+        # backward and optimiser steps outside it, as the Rust trainer.
+        precision = cfg.get("train", {}).get("precision", "fp32")
+        if precision not in ("fp32", "bf16"):
+            raise SystemExit(f"reference: train.precision = {precision!r} is not supported")
+        self.amp = lambda: torch.autocast(torch.device(device).type, dtype=torch.bfloat16,
+                                          enabled=precision == "bf16")
         if m.get("prediction", "eps") != "eps" or \
                 m.get("latent_prior", {}).get("prediction", "eps") != "eps":
             raise SystemExit("reference: only eps-prediction is implemented")
@@ -323,6 +330,8 @@ class DiffusionStep:
         self.opt.zero_grad()
         self.unet.train()
         self.enc.train()
+        region = self.amp()
+        region.__enter__()
         z, s = self.enc(x)
         cs = s * is_target[:, None] if self.w("salient_masking", True) else s
         x_t = self.sched.q_sample(x, t, noise)
@@ -343,6 +352,7 @@ class DiffusionStep:
             tt = mmd_rbf(zn[:n_bg], zn[n_bg:])
             loss = loss + tt * self.w("mmd")
             stats.append(tt.detach())
+        region.__exit__(None, None, None)
         loss.backward()
         if self.grad_clip > 0:
             stats.append(torch.nn.utils.clip_grad_norm_(self.ae_params, self.grad_clip))

@@ -321,6 +321,13 @@ class GanStep:
 
     def __init__(self, cfg, channels, size, device):
         m, self.loss, o = cfg["model"], cfg.get("loss", {}), cfg.get("optim", {})
+        # train.precision = "bf16": forward passes and losses under torch.autocast (bfloat16),
+        # backward and optimiser steps outside it, as the Rust trainer.
+        precision = cfg.get("train", {}).get("precision", "fp32")
+        if precision not in ("fp32", "bf16"):
+            raise SystemExit(f"reference: train.precision = {precision!r} is not supported")
+        self.amp = lambda: torch.autocast(torch.device(device).type, dtype=torch.bfloat16,
+                                          enabled=precision == "bf16")
         self.dz, self.ds = m["dz"], m["ds"]
         args = (self.dz, self.ds, channels, size)
         self.g = build_generator(m.get("generator", {}), *args).to(device)
@@ -396,6 +403,8 @@ class GanStep:
 
         # ---------------- D step ----------------
         self.opt_d.zero_grad()
+        region = self.amp()
+        region.__enter__()
         code_f = self.sample_code(is_target)
         with torch.no_grad():
             x_f = self.g(*code_f)
@@ -422,6 +431,7 @@ class GanStep:
             loss_d = loss_d + self.encoder_terms((out_r["z"], out_r["s"]),
                                                  (out_f["z"], out_f["s"]), code_f, x, is_target,
                                                  is_bg, n_bg, stats, True)
+        region.__exit__(None, None, None)
         if r1_now:
             (grad,) = torch.autograd.grad(out_r["adv"].sum(), x_r, create_graph=True)
             r1 = grad.square().reshape(b, -1).sum(1).mean()
@@ -435,6 +445,8 @@ class GanStep:
         self.opt_g.zero_grad()
         if self.opt_e is not None:
             self.opt_e.zero_grad()
+        region = self.amp()
+        region.__enter__()
         code_f = self.sample_code(is_target)
         x_f = self.g(*code_f)
         out_f = self.d(x_f)
@@ -486,6 +498,7 @@ class GanStep:
                  + l1_per_sample(ps, cs)).mean()
             loss_g = loss_g + t * self.w("swap")
             stats.append(t.detach())
+        region.__exit__(None, None, None)
         if loss_g.requires_grad:
             loss_g.backward()
         self.opt_g.step()

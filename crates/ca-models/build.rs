@@ -1,5 +1,5 @@
 //! ca-models' build script: the shared libtorch link settings (`build-support/torch_link.rs`),
-//! then the small C++ file `csrc/activations.cpp` compiled against the same libtorch headers
+//! then the small C++ files of `csrc/` (activations, autocast) compiled against the same libtorch headers
 //! that torch-sys used (`<libtorch>/include`, next to the `lib/` folder it exports).
 
 #[path = "../../build-support/torch_link.rs"]
@@ -10,6 +10,7 @@ use std::path::PathBuf;
 fn main() {
     torch_link::main();
     println!("cargo:rerun-if-changed=csrc/activations.cpp");
+    println!("cargo:rerun-if-changed=csrc/autocast.cpp");
     println!("cargo:rerun-if-env-changed=LIBTORCH_CXX11_ABI");
     let lib = std::env::var("DEP_TCH_LIBTORCH_LIB")
         .expect("torch-sys did not export its libtorch lib folder (DEP_TCH_LIBTORCH_LIB)");
@@ -26,5 +27,6 @@ fn main() {
         .flag(format!("-D_GLIBCXX_USE_CXX11_ABI={abi}"))
         .flag("-DGLOG_USE_GLOG_EXPORT")
         .file("csrc/activations.cpp")
-        .compile("ca_activations");
+        .file("csrc/autocast.cpp")
+        .compile("ca_native");
 }

@@ -52,15 +52,16 @@ use ca_models::diffusion::{
     self as dm, CodeGroup, CondUnet, DdimOptions, DiffusionError, DiffusionModelConfig,
     LatentPrior, NoiseSchedule, Prediction, SemanticEncoder, TorchNoise, ddim,
 };
+use ca_models::blocks::native::{AutocastDtype, AutocastGuard};
 use ca_models::{CaCode, ImageGeometry};
 use tch::nn::{self, Module, VarStore};
 use tch::{Device, Kind, Tensor};
 
 use crate::adam::{Adam, AdamConfig};
 use crate::checkpoint::{self, CheckpointError};
-use crate::config::{LossConfig, OptimConfig};
+use crate::config::{InvarianceScope, LossConfig, OptimConfig};
 use crate::ema;
-use crate::gan::{MMD_BANDWIDTHS, StepStats, masked_mean};
+use crate::gan::{MMD_BANDWIDTHS, StepStats, masked_mean, stats_in_fp32};
 use crate::model::CaModel;
 use crate::run::{TrainError, TrainStep};
 
@@ -302,6 +303,8 @@ pub struct DiffusionStep {
     loss: LossConfig,
     base_lr: f64,
     grad_clip: f64,
+    /// Lower-precision type of the forward passes (`train.precision`), `None` for fp32.
+    pub autocast: Option<AutocastDtype>,
     /// Running mean of `[z, s]` columns (z: all rows; s: target rows).
     stats_mean: Tensor,
     /// Running mean square of the same.
@@ -331,6 +334,7 @@ impl DiffusionStep {
             loss: loss.clone(),
             base_lr: optim.lr_g,
             grad_clip: optim.grad_clip,
+            autocast: None,
             stats_mean: Tensor::zeros([d], (Kind::Float, dev)),
             stats_sq: Tensor::ones([d], (Kind::Float, dev)),
             nets,
@@ -376,7 +380,15 @@ impl DiffusionStep {
 
         // ---------------- autoencoder: E and the UNet, end to end ----------------
         self.opt.zero_grad();
-        let raw = self.nets.enc.forward_t(x, true);
+        // Forward passes and losses in the autocast region (train.precision); backward and
+        // the optimiser step in fp32 outside it. The latent prior (a small MLP) stays fp32.
+        let region = self.autocast.and_then(|d| AutocastGuard::enter(dev, d));
+        let (raw, feats) = self.nets.enc.forward_with_features(x, true);
+        // The z the invariance terms see (loss.invariance_scope).
+        let z_inv = match l.invariance_scope {
+            InvarianceScope::Encoder => raw.z.shallow_clone(),
+            InvarianceScope::Head => self.nets.enc.z_from_features(&feats.detach()),
+        };
         let cond = if l.salient_masking {
             raw.masked_by_group(&is_target)
         } else {
@@ -405,8 +417,8 @@ impl DiffusionStep {
         }
         if l.mmd > 0.0 && n_bg >= 2 && n_t >= 2 {
             let t = invariance::mmd_rbf_scale_free(
-                &raw.z.narrow(0, 0, n_bg),
-                &raw.z.narrow(0, n_bg, n_t),
+                &z_inv.narrow(0, 0, n_bg),
+                &z_inv.narrow(0, n_bg, n_t),
                 &MMD_BANDWIDTHS,
             );
             loss += &t * l.mmd;
@@ -417,7 +429,7 @@ impl DiffusionStep {
         {
             let logits = head
                 .forward(&invariance::gradient_reversal(
-                    &invariance::standardize_columns(&raw.z),
+                    &invariance::standardize_columns(&z_inv),
                     1.0,
                 ))
                 .squeeze_dim(1);
@@ -425,6 +437,7 @@ impl DiffusionStep {
             loss += &t * l.z_adversary;
             stats.push(("z_adversary", t.detach()));
         }
+        drop(region);
         loss.backward();
         if self.grad_clip > 0.0 {
             let norm = self.opt.clip_grad_norm(self.grad_clip);
@@ -448,7 +461,7 @@ impl DiffusionStep {
         prior_loss.backward();
         self.opt_prior.step();
         stats.push(("prior", prior_loss.detach()));
-        stats
+        stats_in_fp32(stats)
     }
 
     /// Update the running code statistics with this batch and write them into the prior's
@@ -885,6 +898,41 @@ mod tests {
 
     fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
         (a - b).abs().max().double_value(&[])
+    }
+
+    /// bf16 autocast against fp32 over 100 steps from the same weights, batch and draws: the
+    /// denoising and total losses follow the same curve. Measured when written (means over steps
+    /// 80-99, fp32 / bf16): denoise 0.2383 / 0.2404, loss 1.3048 / 1.3168 (0.9%); the bound
+    /// is 5%.
+    #[test]
+    fn bf16_autocast_tracks_fp32_over_100_steps() {
+        let run = |precision: Option<AutocastDtype>| {
+            let mut st = new_step(7);
+            st.autocast = precision;
+            let x = batch();
+            let mut curve: HashMap<&'static str, Vec<f64>> = HashMap::new();
+            for k in 0..100u64 {
+                for (n, t) in st.step_with(&x, 3, k, &draws(k as i64 % 5)) {
+                    assert_eq!(t.kind(), Kind::Float, "{n} logged in {:?}", t.kind());
+                    curve.entry(n).or_default().push(t.double_value(&[]));
+                }
+            }
+            curve
+        };
+        let full = run(None);
+        let half = run(Some(AutocastDtype::BFloat16));
+        let tail = |v: &[f64]| v[80..].iter().sum::<f64>() / 20.0;
+        for term in ["denoise", "loss"] {
+            let (a, b) = (tail(&full[term]), tail(&half[term]));
+            eprintln!("{term}: fp32 {a:.5}, bf16 {b:.5} (steps 80-99)");
+            assert!(a.is_finite() && b.is_finite());
+            assert!(
+                (a - b).abs() <= 0.05 * a.abs(),
+                "{term}: fp32 {a}, bf16 {b} (steps 80-99)"
+            );
+        }
+        // The curves moved: the bf16 run did train.
+        assert!(tail(&half["denoise"]) < half["denoise"][..5].iter().sum::<f64>() / 5.0);
     }
 
     #[test]

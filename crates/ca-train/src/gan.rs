@@ -18,6 +18,7 @@
 //! until the trainer logs them.
 
 use ca_losses::{adversarial, info, invariance, prior, reconstruction};
+use ca_models::blocks::native::{AutocastDtype, AutocastGuard};
 use ca_models::gan::{self, Discriminator, Encoder, GanModelConfig, Generator};
 use ca_models::{CaCode, ImageGeometry};
 use tch::nn::{self, Module, VarStore};
@@ -25,7 +26,7 @@ use tch::{Device, Kind, Tensor};
 
 use crate::adam::{Adam, AdamConfig};
 use crate::checkpoint::{self, CheckpointError};
-use crate::config::{AdversarialKind, LossConfig, OptimConfig};
+use crate::config::{AdversarialKind, InvarianceScope, LossConfig, OptimConfig};
 use crate::ema;
 use crate::model::CaModel;
 
@@ -154,6 +155,24 @@ impl GanNets {
     }
 
     /// Encode with the live encoder (separate encoder, or the discriminator's heads).
+    /// The live code of real images and the `z` the invariance terms see: with
+    /// `invariance_scope = head` and a separate encoder, `z` recomputed from the detached shared
+    /// features; otherwise the code's own `z`.
+    fn encode_real(&self, x: &Tensor, scope: InvarianceScope) -> (CaCode, Tensor) {
+        match (&self.e, scope) {
+            (Some(e), InvarianceScope::Head) => {
+                let (code, feats) = e.net.forward_with_features(x);
+                let z_inv = e.net.z_from_features(&feats.detach());
+                (code, z_inv)
+            }
+            _ => {
+                let code = self.encode_live(x);
+                let z = code.z.shallow_clone();
+                (code, z)
+            }
+        }
+    }
+
     fn encode_live(&self, x: &Tensor) -> CaCode {
         match &self.e {
             Some(e) => e.net.forward_t(x, true),
@@ -210,6 +229,14 @@ impl GanNets {
 /// RBF bandwidths of the MMD terms (codes are compared at unit scale).
 pub(crate) const MMD_BANDWIDTHS: [f64; 5] = [0.5, 1.0, 2.0, 4.0, 8.0];
 
+/// The logged values in fp32 (terms computed in an autocast region may be bfloat16).
+pub(crate) fn stats_in_fp32(stats: StepStats) -> StepStats {
+    stats
+        .into_iter()
+        .map(|(n, t)| (n, t.to_kind(Kind::Float)))
+        .collect()
+}
+
 /// Mean of a per-sample loss over the rows where `weight` (0/1, `[B]`) is 1 (0 when none).
 pub(crate) fn masked_mean(per_sample: &Tensor, weight: &Tensor) -> Tensor {
     (per_sample * weight).sum(Kind::Float) / weight.sum(Kind::Float).clamp_min(1.0)
@@ -226,6 +253,8 @@ pub struct GanStep {
     /// Encoder optimiser (encoder + z-adversary) when a separate encoder exists.
     pub opt_e: Option<Adam>,
     opt_zc: Option<Adam>,
+    /// Lower-precision type of the forward passes (`train.precision`), `None` for fp32.
+    pub autocast: Option<AutocastDtype>,
     loss: LossConfig,
     base_lr: (f64, f64, f64),
 }
@@ -259,6 +288,7 @@ impl GanStep {
             opt_d,
             opt_e,
             opt_zc,
+            autocast: None,
             loss: loss.clone(),
             base_lr: (optim.lr_g, optim.lr_d, optim.lr_e),
         }
@@ -316,6 +346,9 @@ impl GanStep {
         if let Some(o) = &mut self.opt_zc {
             o.zero_grad();
         }
+        // Forward passes and losses in the autocast region (train.precision); backward, R1's
+        // gradient and the optimiser steps in fp32 outside it.
+        let region = self.autocast.and_then(|d| AutocastGuard::enter(dev, d));
         let code_f = self.sample_code(&is_target);
         let x_f = tch::no_grad(|| self.nets.g.forward_t(&code_f, true));
         let r1_now = l.r1_gamma > 0.0 && step.is_multiple_of(l.r1_every);
@@ -349,8 +382,10 @@ impl GanStep {
             stats.push(("d_class", t.detach()));
         }
         if heads_encode {
+            let real = out_r.code();
             loss_d += self.encoder_terms(
-                &out_r.code(),
+                &real,
+                &real.z,
                 &out_f.code(),
                 &code_f,
                 x,
@@ -361,6 +396,7 @@ impl GanStep {
                 true,
             );
         }
+        drop(region);
         if r1_now {
             let r1 = adversarial::r1_penalty(&out_r.adv, &x_r)
                 .map_err(|e| GanError::R1(e.to_string()))?
@@ -385,6 +421,7 @@ impl GanStep {
         if let Some(o) = &mut self.opt_zc {
             o.zero_grad();
         }
+        let region = self.autocast.and_then(|d| AutocastGuard::enter(dev, d));
         let code_f = self.sample_code(&is_target);
         let x_f = self.nets.g.forward_t(&code_f, true);
         let out_f = self.nets.d.forward_t(&x_f, true);
@@ -404,10 +441,12 @@ impl GanStep {
             stats.push(("g_class", t.detach()));
         }
         // Codes of real images: through E (trained here) or the discriminator heads (frozen here).
-        let real_code = if heads_encode {
-            tch::no_grad(|| self.nets.d.encode(x))
+        let (real_code, z_inv) = if heads_encode {
+            let c = tch::no_grad(|| self.nets.d.encode(x));
+            let z = c.z.shallow_clone();
+            (c, z)
         } else {
-            self.nets.encode_live(x)
+            self.nets.encode_real(x, l.invariance_scope)
         };
         if heads_encode {
             // Info loss through the (frozen) heads trains G to make codes readable.
@@ -420,7 +459,8 @@ impl GanStep {
         } else {
             let enc_f = self.nets.encode_live(&x_f);
             loss_g += self.encoder_terms(
-                &real_code, &enc_f, &code_f, x, &is_target, &is_bg, n_bg, &mut stats, false,
+                &real_code, &z_inv, &enc_f, &code_f, x, &is_target, &is_bg, n_bg, &mut stats,
+                false,
             );
         }
         if l.recon_pixel > 0.0 || l.recon_features > 0.0 {
@@ -478,6 +518,7 @@ impl GanStep {
             loss_g += &t * l.swap;
             stats.push(("swap", t.detach()));
         }
+        drop(region);
         if loss_g.requires_grad() {
             loss_g.backward();
         }
@@ -490,7 +531,7 @@ impl GanStep {
         }
         stats.push(("loss_d", loss_d.detach()));
         stats.push(("loss_g", loss_g.detach()));
-        Ok(stats)
+        Ok(stats_in_fp32(stats))
     }
 
     /// The encoder's terms: info on fakes, salient-zero on real background images, (D-heads
@@ -499,6 +540,7 @@ impl GanStep {
     fn encoder_terms(
         &self,
         real: &CaCode,
+        z_inv: &Tensor,
         fake_pred: &CaCode,
         fake_code: &CaCode,
         x: &Tensor,
@@ -535,8 +577,8 @@ impl GanStep {
         let n_t = b - n_bg;
         if l.mmd > 0.0 && n_bg >= 2 && n_t >= 2 {
             let t = invariance::mmd_rbf_scale_free(
-                &real.z.narrow(0, 0, n_bg),
-                &real.z.narrow(0, n_bg, n_t),
+                &z_inv.narrow(0, 0, n_bg),
+                &z_inv.narrow(0, n_bg, n_t),
                 &MMD_BANDWIDTHS,
             );
             loss += &t * l.mmd;
@@ -563,7 +605,7 @@ impl GanStep {
         {
             let logits = lin
                 .forward(&invariance::gradient_reversal(
-                    &invariance::standardize_columns(&real.z),
+                    &invariance::standardize_columns(z_inv),
                     1.0,
                 ))
                 .squeeze_dim(1);
@@ -861,7 +903,71 @@ mod tests {
         assert!(last < 0.2, "salient_class {} -> {last}", values[0]);
     }
 
-    // Measured while writing this test: the info loss falls slowly (window means 2.46 -> 1.13
+    /// bf16 autocast against fp32 over 100 steps with every loss term of the ca-gan preset, same
+    /// initial weights, batch and code draws. A GAN's trajectory is chaotic, so the curves are
+    /// compared by their means over steps 80-99. Measured when written (fp32 / bf16): loss_d
+    /// 0.176 / 0.177, loss_g 10.62 / 10.47, recon_pixel 0.672 / 0.669, salient_class 0.694 /
+    /// 0.700, e_info 1.303 / 1.321 (with batch 8: loss_g 10.90 / 9.81, 10%); the bound is
+    /// 15% + 0.02.
+    #[test]
+    fn bf16_autocast_tracks_fp32_over_100_steps() {
+        tch::set_num_threads(1);
+        let geom = ImageGeometry {
+            channels: 3,
+            size: 32,
+        };
+        let loss = LossConfig {
+            recon_features: 1.0,
+            swap: 1.0,
+            mmd: 1.0,
+            prior: 1.0,
+            z_adversary: 1.0,
+            salient_class: 1.0,
+            ..LossConfig::default()
+        };
+        let optim = OptimConfig {
+            lr_g: 2e-3,
+            lr_d: 2e-3,
+            lr_e: 2e-3,
+            beta1: 0.0,
+            beta2: 0.99,
+            ..OptimConfig::default()
+        };
+        let x = (Tensor::arange(4 * 3 * 32 * 32, (Kind::Float, Device::Cpu)) * 0.0137)
+            .sin()
+            .view([4, 3, 32, 32]);
+        let run = |precision: Option<AutocastDtype>| {
+            tch::manual_seed(11);
+            let nets = GanNets::build(&tiny_cfg(true), geom, (true, true), Device::Cpu).unwrap();
+            let mut step = GanStep::new(nets, &loss, &optim);
+            step.autocast = precision;
+            let mut curve: std::collections::HashMap<&'static str, Vec<f64>> =
+                std::collections::HashMap::new();
+            for k in 0..100u64 {
+                for (n, t) in step.step(&x, 2, k).unwrap() {
+                    assert_eq!(t.kind(), Kind::Float, "{n} logged in {:?}", t.kind());
+                    curve.entry(n).or_default().push(t.double_value(&[]));
+                }
+            }
+            curve
+        };
+        let full = run(None);
+        let half = run(Some(AutocastDtype::BFloat16));
+        let tail = |v: &[f64]| v[80..].iter().sum::<f64>() / 20.0;
+        let mut report = Vec::new();
+        for term in ["loss_d", "loss_g", "recon_pixel", "salient_class", "e_info"] {
+            let (a, b) = (tail(&full[term]), tail(&half[term]));
+            assert!(a.is_finite() && b.is_finite(), "{term}: {a} {b}");
+            report.push(format!("{term} {a:.4}/{b:.4}"));
+            assert!(
+                (a - b).abs() <= 0.15 * a.abs() + 0.02,
+                "{term}: fp32 {a}, bf16 {b} (steps 80-99); all: {report:?}"
+            );
+        }
+        eprintln!("fp32/bf16 means over steps 80-99: {report:?}");
+    }
+
+    // Measured while writing this test:    // Measured while writing this test: the info loss falls slowly (window means 2.46 -> 1.13
     // over 400 steps with the heads; with a separate encoder about 5% in 60 steps, not
     // reliably). Slow info learning is the open problem of issue #4; only the heads case is
     // asserted here.

@@ -208,11 +208,24 @@ pub fn build_step(
                 (cfg.loss.z_adversary > 0.0, cfg.loss.salient_class > 0.0),
                 device,
             )?;
-            Ok(Box::new(GanStep::new(nets, &cfg.loss, &cfg.optim)))
+            let mut step = GanStep::new(nets, &cfg.loss, &cfg.optim);
+            step.autocast = autocast_dtype(cfg.train.precision);
+            Ok(Box::new(step))
         }
-        ModelConfig::Diffusion(d) => Ok(Box::new(crate::diffusion::build_step(
-            d, geom, &cfg.loss, &cfg.optim, device,
-        )?)),
+        ModelConfig::Diffusion(d) => {
+            let mut step =
+                crate::diffusion::build_step(d, geom, &cfg.loss, &cfg.optim, device)?;
+            step.autocast = autocast_dtype(cfg.train.precision);
+            Ok(Box::new(step))
+        }
+    }
+}
+
+/// The autocast type of `train.precision` (`None`: fp32).
+pub fn autocast_dtype(p: crate::config::Precision) -> Option<ca_models::blocks::native::AutocastDtype> {
+    match p {
+        crate::config::Precision::Fp32 => None,
+        crate::config::Precision::Bf16 => Some(ca_models::blocks::native::AutocastDtype::BFloat16),
     }
 }
 

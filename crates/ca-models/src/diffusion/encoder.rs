@@ -84,8 +84,19 @@ impl SemanticEncoder {
 
     /// Encode images `[B, C, H, W]` in `[-1, 1]` to their code (`z: [B, dz]`, `s: [B, ds]`).
     pub fn forward_t(&self, x: &Tensor, train: bool) -> CaCode {
+        self.forward_with_features(x, train).0
+    }
+
+    /// The code and the pooled features `[B, C_last]` that both heads read.
+    pub fn forward_with_features(&self, x: &Tensor, train: bool) -> (CaCode, Tensor) {
         let f = self.features(x, train);
-        CaCode::new(self.z_head.forward(&f), self.s_head.forward(&f))
+        let code = CaCode::new(self.z_head.forward(&f), self.s_head.forward(&f));
+        (code, f)
+    }
+
+    /// The `z` head alone on given pooled features (from [`Self::features`]).
+    pub fn z_from_features(&self, f: &Tensor) -> Tensor {
+        self.z_head.forward(f)
     }
 }
 

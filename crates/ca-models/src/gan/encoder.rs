@@ -42,11 +42,22 @@ impl Encoder {
     /// Encode `x [B, C, H, W]` in `[-1, 1]`. Each image is encoded independently; the network
     /// has no train/eval-dependent layer (`_train` is kept for a uniform interface).
     pub fn forward_t(&self, x: &Tensor, _train: bool) -> CaCode {
+        self.forward_with_features(x).0
+    }
+
+    /// The code and the shared features `[B, hidden]` that both heads read.
+    pub fn forward_with_features(&self, x: &Tensor) -> (CaCode, Tensor) {
         let feats = self.trunk.forward(x);
         let e = self
             .enc
             .forward(feats.last().expect("the trunk has at least one block"));
-        CaCode::new(self.z_out.forward(&e), self.s_out.forward(&e))
+        let code = CaCode::new(self.z_out.forward(&e), self.s_out.forward(&e));
+        (code, e)
+    }
+
+    /// The `z` head alone on given shared features (from [`Self::forward_with_features`]).
+    pub fn z_from_features(&self, e: &Tensor) -> Tensor {
+        self.z_out.forward(e)
     }
 }
 
