@@ -29,16 +29,26 @@ start=$(date +%s)
 } > "$LOG" 2>&1
 
 # 1. CUDA smoke training of each model kind: 50 steps, small synthetic sets.
-for preset in double-infogan-synthetic ca-gan-synthetic ca-diffusion-synthetic; do
+# The `:bf16` entries train with train.precision = "bf16" (autocast on CUDA).
+for entry in double-infogan-synthetic ca-gan-synthetic ca-diffusion-synthetic \
+    ca-gan-synthetic:bf16 ca-diffusion-synthetic:bf16; do
+  preset=${entry%%:*}
+  extra=()
+  if [ "$entry" != "$preset" ]; then
+    extra=(--set 'train.precision="bf16"')
+    preset_out=$preset-bf16
+  else
+    preset_out=$preset
+  fi
   t0=$(date +%s)
   timeout 75 "$BIN/ca" train --config "configs/$preset.toml" --device cuda --max-steps 50 \
-    --out "$RES/runs/$preset" --set data.n_background=512 --set data.n_target=512 \
-    --set train.log_every=10 > "$RES/runs/$preset.log" 2>&1
+    --out "$RES/runs/$preset_out" --set data.n_background=512 --set data.n_target=512 \
+    --set train.log_every=10 "${extra[@]}" > "$RES/runs/$preset_out.log" 2>&1
   rc=$?
   {
-    echo "== smoke $preset: exit $rc in $(( $(date +%s) - t0 )) s"
-    tail -n 5 "$RES/runs/$preset.log"
-    tail -n 3 "$RES/runs/$preset/losses.csv" 2>/dev/null
+    echo "== smoke $preset_out: exit $rc in $(( $(date +%s) - t0 )) s"
+    tail -n 5 "$RES/runs/$preset_out.log"
+    tail -n 3 "$RES/runs/$preset_out/losses.csv" 2>/dev/null
   } >> "$LOG"
 done
 

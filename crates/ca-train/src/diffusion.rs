@@ -910,18 +910,13 @@ mod tests {
             let mut st = new_step(7);
             st.autocast = precision;
             let x = batch();
-            let mut curve: HashMap<&'static str, Vec<f64>> = HashMap::new();
-            for k in 0..100u64 {
-                for (n, t) in st.step_with(&x, 3, k, &draws(k as i64 % 5)) {
-                    assert_eq!(t.kind(), Kind::Float, "{n} logged in {:?}", t.kind());
-                    curve.entry(n).or_default().push(t.double_value(&[]));
-                }
-            }
-            curve
+            crate::gan::test_support::record_curves(100, |k| {
+                st.step_with(&x, 3, k, &draws(k as i64 % 5))
+            })
         };
         let full = run(None);
         let half = run(Some(AutocastDtype::BFloat16));
-        let tail = |v: &[f64]| v[80..].iter().sum::<f64>() / 20.0;
+        let tail = |v: &[f64]| crate::gan::test_support::tail_mean(v, 20);
         for term in ["denoise", "loss"] {
             let (a, b) = (tail(&full[term]), tail(&half[term]));
             eprintln!("{term}: fp32 {a:.5}, bf16 {b:.5} (steps 80-99)");

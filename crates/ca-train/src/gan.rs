@@ -775,10 +775,51 @@ impl CaModel for GanModel {
     }
 }
 
+/// Shared by the trainers' tests.
+#[cfg(test)]
+pub(crate) mod test_support {
+    use super::StepStats;
+    use std::collections::HashMap;
+    use tch::Kind;
+
+    /// Run `steps` steps and collect every logged value per name (checking it is fp32).
+    pub(crate) fn record_curves(
+        steps: u64,
+        mut step: impl FnMut(u64) -> StepStats,
+    ) -> HashMap<&'static str, Vec<f64>> {
+        let mut curve: HashMap<&'static str, Vec<f64>> = HashMap::new();
+        for k in 0..steps {
+            for (n, t) in step(k) {
+                assert_eq!(t.kind(), Kind::Float, "{n} logged in {:?}", t.kind());
+                curve.entry(n).or_default().push(t.double_value(&[]));
+            }
+        }
+        curve
+    }
+
+    /// Mean of the last `n` values.
+    pub(crate) fn tail_mean(v: &[f64], n: usize) -> f64 {
+        v[v.len() - n..].iter().sum::<f64>() / n as f64
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use super::test_support::{record_curves, tail_mean};
     use super::*;
     use crate::config::{LossConfig, OptimConfig};
+
+    /// StyleGAN2's Adam settings at a small-run learning rate.
+    fn test_optim() -> OptimConfig {
+        OptimConfig {
+            lr_g: 2e-3,
+            lr_d: 2e-3,
+            lr_e: 2e-3,
+            beta1: 0.0,
+            beta2: 0.99,
+            ..OptimConfig::default()
+        }
+    }
 
     fn tiny_cfg(encoder: bool) -> GanModelConfig {
         let text = format!(
@@ -810,14 +851,7 @@ mod tests {
             recon_pixel: 0.0,
             ..LossConfig::default()
         };
-        let optim = OptimConfig {
-            lr_g: 2e-3,
-            lr_d: 2e-3,
-            lr_e: 2e-3,
-            beta1: 0.0,
-            beta2: 0.99,
-            ..OptimConfig::default()
-        };
+        let optim = test_optim();
         let mut step = GanStep::new(nets, &loss, &optim);
         let x = Tensor::rand([8, 3, 32, 32], (Kind::Float, Device::Cpu)) * 2.0 - 1.0;
         let info = |stats: &StepStats| {
@@ -870,13 +904,7 @@ mod tests {
             salient_class: 1.0,
             ..LossConfig::default()
         };
-        let optim = OptimConfig {
-            lr_e: 2e-3,
-            lr_d: 2e-3,
-            beta1: 0.0,
-            beta2: 0.99,
-            ..OptimConfig::default()
-        };
+        let optim = test_optim();
         let mut step = GanStep::new(nets, &loss, &optim);
         let x = Tensor::rand([8, 3, 32, 32], (Kind::Float, Device::Cpu)) * 0.5 - 0.25;
         // Target rows 4..8 get a bright 8x8 patch at a different place each.
@@ -925,14 +953,7 @@ mod tests {
             salient_class: 1.0,
             ..LossConfig::default()
         };
-        let optim = OptimConfig {
-            lr_g: 2e-3,
-            lr_d: 2e-3,
-            lr_e: 2e-3,
-            beta1: 0.0,
-            beta2: 0.99,
-            ..OptimConfig::default()
-        };
+        let optim = test_optim();
         let x = (Tensor::arange(4 * 3 * 32 * 32, (Kind::Float, Device::Cpu)) * 0.0137)
             .sin()
             .view([4, 3, 32, 32]);
@@ -941,19 +962,11 @@ mod tests {
             let nets = GanNets::build(&tiny_cfg(true), geom, (true, true), Device::Cpu).unwrap();
             let mut step = GanStep::new(nets, &loss, &optim);
             step.autocast = precision;
-            let mut curve: std::collections::HashMap<&'static str, Vec<f64>> =
-                std::collections::HashMap::new();
-            for k in 0..100u64 {
-                for (n, t) in step.step(&x, 2, k).unwrap() {
-                    assert_eq!(t.kind(), Kind::Float, "{n} logged in {:?}", t.kind());
-                    curve.entry(n).or_default().push(t.double_value(&[]));
-                }
-            }
-            curve
+            record_curves(100, |k| step.step(&x, 2, k).unwrap())
         };
         let full = run(None);
         let half = run(Some(AutocastDtype::BFloat16));
-        let tail = |v: &[f64]| v[80..].iter().sum::<f64>() / 20.0;
+        let tail = |v: &[f64]| tail_mean(v, 20);
         let mut report = Vec::new();
         for term in ["loss_d", "loss_g", "recon_pixel", "salient_class", "e_info"] {
             let (a, b) = (tail(&full[term]), tail(&half[term]));
