@@ -137,6 +137,11 @@ pub struct LossConfig {
     /// CA-GAN (300 steps, `salient_class` only: its loss fell 0.69 -> 0.36; with `z_adversary`
     /// added it rose to 1.0 and was back at 0.68 at step 200).
     pub invariance_scope: InvarianceScope,
+    /// How the encoder opposes the `z` adversary: `reversal` (default; gradient reversal, the
+    /// encoder maximises the classifier's loss, which also rewards flipped labels) or
+    /// `confusion` (the encoder pushes the classifier's logit to 0; see
+    /// `ca_train::gan::z_adversary_terms`).
+    pub z_adversary_kind: ZAdversaryKind,
     /// Diffusion: weight of the denoising loss. Default 1.
     pub denoise: f64,
     /// Use the background convention `s = 0` when decoding real background images. Default
@@ -163,10 +168,22 @@ impl Default for LossConfig {
             prior: 0.0,
             z_adversary: 0.0,
             invariance_scope: InvarianceScope::Encoder,
+            z_adversary_kind: ZAdversaryKind::Reversal,
             denoise: 1.0,
             salient_masking: true,
         }
     }
+}
+
+/// How the encoder opposes the `z` adversary (`loss.z_adversary_kind`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum ZAdversaryKind {
+    /// Gradient reversal (Ganin & Lempitsky).
+    #[default]
+    Reversal,
+    /// Dataset confusion against a classifier trained on detached codes.
+    Confusion,
 }
 
 /// What the common-code invariance terms train (`loss.invariance_scope`).

@@ -61,7 +61,7 @@ use crate::adam::{Adam, AdamConfig};
 use crate::checkpoint::{self, CheckpointError};
 use crate::config::{InvarianceScope, LossConfig, OptimConfig};
 use crate::ema;
-use crate::gan::{MMD_BANDWIDTHS, StepStats, masked_mean, stats_in_fp32};
+use crate::gan::{MMD_BANDWIDTHS, StepStats, masked_mean, stats_in_fp32, z_adversary_terms};
 use crate::model::CaModel;
 use crate::run::{TrainError, TrainStep};
 
@@ -427,15 +427,10 @@ impl DiffusionStep {
         if l.z_adversary > 0.0
             && let Some(head) = &self.nets.z_head
         {
-            let logits = head
-                .forward(&invariance::gradient_reversal(
-                    &invariance::standardize_columns(&z_inv),
-                    1.0,
-                ))
-                .squeeze_dim(1);
-            let t = info::class_bce(&logits, &is_target).mean(Kind::Float);
-            loss += &t * l.z_adversary;
-            stats.push(("z_adversary", t.detach()));
+            let (total, classifier) =
+                z_adversary_terms(head, &z_inv, &is_target, l.z_adversary_kind);
+            loss += total * l.z_adversary;
+            stats.push(("z_adversary", classifier));
         }
         drop(region);
         loss.backward();
