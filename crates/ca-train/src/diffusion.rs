@@ -48,11 +48,11 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use ca_losses::{diffusion as dloss, info, invariance};
+use ca_models::blocks::native::{AutocastDtype, AutocastGuard};
 use ca_models::diffusion::{
     self as dm, CodeGroup, CondUnet, DdimOptions, DiffusionError, DiffusionModelConfig,
     LatentPrior, NoiseSchedule, Prediction, SemanticEncoder, TorchNoise, ddim,
 };
-use ca_models::blocks::native::{AutocastDtype, AutocastGuard};
 use ca_models::{CaCode, ImageGeometry};
 use tch::nn::{self, Module, VarStore};
 use tch::{Device, Kind, Tensor};

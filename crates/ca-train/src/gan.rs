@@ -501,8 +501,7 @@ impl GanStep {
         } else {
             let enc_f = self.nets.encode_live(&x_f);
             loss_g += self.encoder_terms(
-                &real_code, &z_inv, &enc_f, &code_f, x, &is_target, &is_bg, n_bg, &mut stats,
-                false,
+                &real_code, &z_inv, &enc_f, &code_f, x, &is_target, &is_bg, n_bg, &mut stats, false,
             );
         }
         if l.recon_pixel > 0.0 || l.recon_features > 0.0 {
@@ -645,8 +644,7 @@ impl GanStep {
         if l.z_adversary > 0.0
             && let Some(lin) = self.nets.zc.as_ref().and_then(|h| h.z_adversary.as_ref())
         {
-            let (total, classifier) =
-                z_adversary_terms(lin, z_inv, is_target, l.z_adversary_kind);
+            let (total, classifier) = z_adversary_terms(lin, z_inv, is_target, l.z_adversary_kind);
             loss += total * l.z_adversary;
             stats.push(("z_adversary", classifier));
         }
@@ -869,10 +867,7 @@ mod tests {
         let is_target = Tensor::from_slice(&[0.0f32, 0.0, 1.0, 1.0]);
         let z0 = Tensor::from_slice(&[-1.0f32, 0.3, -1.2, -0.2, 1.1, 0.1, 0.9, -0.4]).view([4, 2]);
         // The affine standardisation of z0 (fixed), to read the logits after a step.
-        let (m, sd) = (
-            z0.mean_dim(0, true, Kind::Float),
-            z0.std_dim(0, true, true),
-        );
+        let (m, sd) = (z0.mean_dim(0, true, Kind::Float), z0.std_dim(0, true, true));
         let logits_of = |z: &Tensor| ((z - &m) / &sd).matmul(&lin.ws.tr()).squeeze_dim(1);
         let target_abs = |l: &Tensor| l.narrow(0, 2, 2).abs().sum(Kind::Float).double_value(&[]);
         let before = target_abs(&logits_of(&z0));
@@ -880,7 +875,10 @@ mod tests {
             zero_grads(&vs);
             let z = z0.copy().set_requires_grad(true);
             let (total, logged) = z_adversary_terms(&lin, &z, &is_target, kind);
-            assert!(logged.double_value(&[]) > std::f64::consts::LN_2, "flipped: BCE > ln 2");
+            assert!(
+                logged.double_value(&[]) > std::f64::consts::LN_2,
+                "flipped: BCE > ln 2"
+            );
             total.backward();
             let z1 = tch::no_grad(|| &z0 - z.grad() * 0.05);
             (target_abs(&logits_of(&z1)), lin.ws.grad().copy())
@@ -1012,7 +1010,9 @@ mod tests {
                 .map(|(_, t)| t.double_value(&[]))
                 .expect("salient_class is logged")
         };
-        let values: Vec<f64> = (0..60).map(|k| value(&step.step(&x, 4, k).unwrap())).collect();
+        let values: Vec<f64> = (0..60)
+            .map(|k| value(&step.step(&x, 4, k).unwrap()))
+            .collect();
         assert!(
             (values[0] - std::f64::consts::LN_2).abs() < 0.2,
             "starts near ln 2: {values:?}"

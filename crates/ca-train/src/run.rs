@@ -213,8 +213,7 @@ pub fn build_step(
             Ok(Box::new(step))
         }
         ModelConfig::Diffusion(d) => {
-            let mut step =
-                crate::diffusion::build_step(d, geom, &cfg.loss, &cfg.optim, device)?;
+            let mut step = crate::diffusion::build_step(d, geom, &cfg.loss, &cfg.optim, device)?;
             step.autocast = autocast_dtype(cfg.train.precision);
             Ok(Box::new(step))
         }
@@ -222,7 +221,9 @@ pub fn build_step(
 }
 
 /// The autocast type of `train.precision` (`None`: fp32).
-pub fn autocast_dtype(p: crate::config::Precision) -> Option<ca_models::blocks::native::AutocastDtype> {
+pub fn autocast_dtype(
+    p: crate::config::Precision,
+) -> Option<ca_models::blocks::native::AutocastDtype> {
     match p {
         crate::config::Precision::Fp32 => None,
         crate::config::Precision::Bf16 => Some(ca_models::blocks::native::AutocastDtype::BFloat16),

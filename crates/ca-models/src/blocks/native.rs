@@ -43,7 +43,9 @@ unsafe fn take_result(err: *mut c_char, out: *mut C_tensor) -> Result<Tensor, tc
         Ok(unsafe { Tensor::from_ptr(out) })
     } else {
         // SAFETY: a NUL-terminated string from the shim (see above), read once and freed once.
-        let msg = unsafe { CStr::from_ptr(err) }.to_string_lossy().into_owned();
+        let msg = unsafe { CStr::from_ptr(err) }
+            .to_string_lossy()
+            .into_owned();
         unsafe { ca_free_error(err) };
         Err(tch::TchError::Torch(msg))
     }
@@ -177,6 +179,9 @@ mod tests {
         let g = w.grad();
         assert_eq!(g.kind(), Kind::Float);
         // d(sum(x w))/dw = x^T 1 = 4 everywhere (exact in bf16).
-        assert_eq!(Vec::<f32>::try_from(g.flatten(0, -1)).unwrap(), vec![4.0; 6]);
+        assert_eq!(
+            Vec::<f32>::try_from(g.flatten(0, -1)).unwrap(),
+            vec![4.0; 6]
+        );
     }
 }
