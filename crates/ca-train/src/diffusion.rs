@@ -901,8 +901,18 @@ mod tests {
     /// is 5%.
     #[test]
     fn bf16_autocast_tracks_fp32_over_100_steps() {
+        // Both runs start from the same weights, copied (building twice from a seed would race
+        // with the parallel tests that reseed libtorch's global generator); dropout is 0 and
+        // every draw is explicit, so nothing else is random.
+        let init: HashMap<String, Tensor> = new_step(7)
+            .nets
+            .state_tensors()
+            .into_iter()
+            .map(|(n, t)| (n, t.copy()))
+            .collect();
         let run = |precision: Option<AutocastDtype>| {
             let mut st = new_step(7);
+            st.nets.load_state(&init, Path::new("init")).unwrap();
             st.autocast = precision;
             let x = batch();
             crate::gan::test_support::record_curves(100, |k| {

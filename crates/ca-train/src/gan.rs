@@ -810,15 +810,15 @@ impl CaModel for GanModel {
     }
 }
 
-/// Shared by the trainers' tests.
-#[cfg(test)]
-pub(crate) mod test_support {
+/// Shared by the trainers' tests (unit tests and `tests/bf16_gan.rs`).
+#[doc(hidden)]
+pub mod test_support {
     use super::StepStats;
     use std::collections::HashMap;
     use tch::Kind;
 
     /// Run `steps` steps and collect every logged value per name (checking it is fp32).
-    pub(crate) fn record_curves(
+    pub fn record_curves(
         steps: u64,
         mut step: impl FnMut(u64) -> StepStats,
     ) -> HashMap<&'static str, Vec<f64>> {
@@ -832,17 +832,28 @@ pub(crate) mod test_support {
         curve
     }
 
+    /// StyleGAN2's Adam settings at a small-run learning rate.
+    pub fn test_optim() -> crate::config::OptimConfig {
+        crate::config::OptimConfig {
+            lr_g: 2e-3,
+            lr_d: 2e-3,
+            lr_e: 2e-3,
+            beta1: 0.0,
+            beta2: 0.99,
+            ..crate::config::OptimConfig::default()
+        }
+    }
+
     /// Mean of the last `n` values.
-    pub(crate) fn tail_mean(v: &[f64], n: usize) -> f64 {
+    pub fn tail_mean(v: &[f64], n: usize) -> f64 {
         v[v.len() - n..].iter().sum::<f64>() / n as f64
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::test_support::{record_curves, tail_mean};
     use super::*;
-    use crate::config::{LossConfig, OptimConfig};
+    use crate::config::LossConfig;
 
     /// With a classifier that has the labels flipped (target logits negative), a descent step
     /// on the encoder's side moves the logits further from 0 under `reversal` (keeping the
@@ -897,17 +908,7 @@ mod tests {
         assert!(diff < 1e-6, "classifier gradient differs by {diff}");
     }
 
-    /// StyleGAN2's Adam settings at a small-run learning rate.
-    fn test_optim() -> OptimConfig {
-        OptimConfig {
-            lr_g: 2e-3,
-            lr_d: 2e-3,
-            lr_e: 2e-3,
-            beta1: 0.0,
-            beta2: 0.99,
-            ..OptimConfig::default()
-        }
-    }
+    use super::test_support::test_optim;
 
     fn tiny_cfg(encoder: bool) -> GanModelConfig {
         let text = format!(
@@ -1019,55 +1020,6 @@ mod tests {
         );
         let last = values[55..].iter().sum::<f64>() / 5.0;
         assert!(last < 0.2, "salient_class {} -> {last}", values[0]);
-    }
-
-    /// bf16 autocast against fp32 over 100 steps with every loss term of the ca-gan preset, same
-    /// initial weights, batch and code draws. A GAN's trajectory is chaotic, so the curves are
-    /// compared by their means over steps 80-99. Measured when written (fp32 / bf16): loss_d
-    /// 0.176 / 0.177, loss_g 10.62 / 10.47, recon_pixel 0.672 / 0.669, salient_class 0.694 /
-    /// 0.700, e_info 1.303 / 1.321 (with batch 8: loss_g 10.90 / 9.81, 10%); the bound is
-    /// 15% + 0.02.
-    #[test]
-    fn bf16_autocast_tracks_fp32_over_100_steps() {
-        tch::set_num_threads(1);
-        let geom = ImageGeometry {
-            channels: 3,
-            size: 32,
-        };
-        let loss = LossConfig {
-            recon_features: 1.0,
-            swap: 1.0,
-            mmd: 1.0,
-            prior: 1.0,
-            z_adversary: 1.0,
-            salient_class: 1.0,
-            ..LossConfig::default()
-        };
-        let optim = test_optim();
-        let x = (Tensor::arange(4 * 3 * 32 * 32, (Kind::Float, Device::Cpu)) * 0.0137)
-            .sin()
-            .view([4, 3, 32, 32]);
-        let run = |precision: Option<AutocastDtype>| {
-            tch::manual_seed(11);
-            let nets = GanNets::build(&tiny_cfg(true), geom, (true, true), Device::Cpu).unwrap();
-            let mut step = GanStep::new(nets, &loss, &optim);
-            step.autocast = precision;
-            record_curves(100, |k| step.step(&x, 2, k).unwrap())
-        };
-        let full = run(None);
-        let half = run(Some(AutocastDtype::BFloat16));
-        let tail = |v: &[f64]| tail_mean(v, 20);
-        let mut report = Vec::new();
-        for term in ["loss_d", "loss_g", "recon_pixel", "salient_class", "e_info"] {
-            let (a, b) = (tail(&full[term]), tail(&half[term]));
-            assert!(a.is_finite() && b.is_finite(), "{term}: {a} {b}");
-            report.push(format!("{term} {a:.4}/{b:.4}"));
-            assert!(
-                (a - b).abs() <= 0.15 * a.abs() + 0.02,
-                "{term}: fp32 {a}, bf16 {b} (steps 80-99); all: {report:?}"
-            );
-        }
-        eprintln!("fp32/bf16 means over steps 80-99: {report:?}");
     }
 
     // Measured while writing this test:    // Measured while writing this test: the info loss falls slowly (window means 2.46 -> 1.13
