@@ -1,6 +1,6 @@
 //! ca-models' build script: the shared libtorch link settings (`build-support/torch_link.rs`),
-//! then the small C++ files of `csrc/` (activations, autocast) compiled against the same libtorch headers
-//! that torch-sys used (`<libtorch>/include`, next to the `lib/` folder it exports).
+//! then the small C++ files of `csrc/` (activations, autocast) compiled against the libtorch
+//! headers torch-sys used (`<libtorch>/include`, next to the `lib/` folder it exports).
 
 #[path = "../../build-support/torch_link.rs"]
 mod torch_link;

@@ -126,8 +126,8 @@ pub struct LossConfig {
     /// counterfactuals decode codes from the region the generator is trained on with random
     /// codes (see `ca_losses::prior`). Default 0.
     pub prior: f64,
-    /// Common-code invariance: a dataset classifier on `z` trained through gradient reversal.
-    /// Default 0.
+    /// Common-code invariance: a dataset classifier on `z` that the encoder opposes (how:
+    /// `z_adversary_kind`). Default 0.
     pub z_adversary: f64,
     /// What the common-code invariance terms (`mmd`, `z_adversary`) train: `encoder` (default:
     /// their gradient reaches the whole encoder) or `head` (only the linear `z` head: `z` is
@@ -135,7 +135,9 @@ pub struct LossConfig {
     /// encoder's `z` and `s` heads read the same features, so with `encoder` the pressure to
     /// hide the dataset from `z` also erases it from the features `s` needs: measured with the
     /// CA-GAN (300 steps, `salient_class` only: its loss fell 0.69 -> 0.36; with `z_adversary`
-    /// added it rose to 1.0 and was back at 0.68 at step 200).
+    /// added it rose to 1.0 and was back at 0.68 at step 200). `head` needs a separate encoder
+    /// (the diffusion encoder, or `[model.encoder]` for the GAN); a GAN that encodes with its
+    /// discriminator's heads keeps `encoder`.
     pub invariance_scope: InvarianceScope,
     /// How the encoder opposes the `z` adversary: `reversal` (default; gradient reversal, the
     /// encoder maximises the classifier's loss, which also rewards flipped labels) or
@@ -312,6 +314,16 @@ pub enum Precision {
     Fp32,
     /// bfloat16 autocast (no loss scaling needed: bfloat16 has fp32's exponent range).
     Bf16,
+}
+
+impl Precision {
+    /// The autocast type of the training forward passes (`None`: fp32, no autocast region).
+    pub fn autocast_dtype(self) -> Option<ca_models::blocks::native::AutocastDtype> {
+        match self {
+            Precision::Fp32 => None,
+            Precision::Bf16 => Some(ca_models::blocks::native::AutocastDtype::BFloat16),
+        }
+    }
 }
 
 impl Default for TrainConfig {

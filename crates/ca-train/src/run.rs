@@ -209,24 +209,14 @@ pub fn build_step(
                 device,
             )?;
             let mut step = GanStep::new(nets, &cfg.loss, &cfg.optim);
-            step.autocast = autocast_dtype(cfg.train.precision);
+            step.autocast = cfg.train.precision.autocast_dtype();
             Ok(Box::new(step))
         }
         ModelConfig::Diffusion(d) => {
             let mut step = crate::diffusion::build_step(d, geom, &cfg.loss, &cfg.optim, device)?;
-            step.autocast = autocast_dtype(cfg.train.precision);
+            step.autocast = cfg.train.precision.autocast_dtype();
             Ok(Box::new(step))
         }
-    }
-}
-
-/// The autocast type of `train.precision` (`None`: fp32).
-pub fn autocast_dtype(
-    p: crate::config::Precision,
-) -> Option<ca_models::blocks::native::AutocastDtype> {
-    match p {
-        crate::config::Precision::Fp32 => None,
-        crate::config::Precision::Bf16 => Some(ca_models::blocks::native::AutocastDtype::BFloat16),
     }
 }
 

@@ -90,23 +90,32 @@ pub enum AutocastDtype {
 /// previous state. Ops dispatched meanwhile on that device type run in the lower precision
 /// where PyTorch's autocast lists allow it (convolutions, matrix products) and in fp32 where
 /// they need it (reductions, losses).
+///
+/// ATen's autocast state is thread-local, so the guard is `!Send`: it must close on the thread
+/// that opened it.
 #[derive(Debug)]
 #[must_use = "the region closes when the guard is dropped"]
 pub struct AutocastGuard {
     device: i32,
     prev_enabled: i32,
     prev_dtype: i32,
+    _thread_bound: std::marker::PhantomData<*const ()>,
+}
+
+/// The shim's device-type code: 0 = CPU, 1 = CUDA (any index); `None` for other devices.
+fn device_code(device: tch::Device) -> Option<i32> {
+    match device {
+        tch::Device::Cpu => Some(0),
+        tch::Device::Cuda(_) => Some(1),
+        _ => None,
+    }
 }
 
 impl AutocastGuard {
     /// Open a region for `device`'s type (any CUDA index counts as CUDA; MPS/Vulkan are not
     /// supported and open nothing).
     pub fn enter(device: tch::Device, dtype: AutocastDtype) -> Option<AutocastGuard> {
-        let device = match device {
-            tch::Device::Cpu => 0,
-            tch::Device::Cuda(_) => 1,
-            _ => return None,
-        };
+        let device = device_code(device)?;
         let dtype = match dtype {
             AutocastDtype::BFloat16 => 0,
             AutocastDtype::Float16 => 1,
@@ -118,24 +127,22 @@ impl AutocastGuard {
             device,
             prev_enabled,
             prev_dtype,
+            _thread_bound: std::marker::PhantomData,
         })
     }
 }
 
 impl Drop for AutocastGuard {
     fn drop(&mut self) {
-        // SAFETY: restores the state saved by `enter` on the same thread (the guard is !Send
-        // through its use only on the training thread; ATen's state is thread-local).
+        // SAFETY: restores the state saved by `enter`, on the same thread (the guard is !Send).
         unsafe { ca_autocast_exit(self.device, self.prev_enabled, self.prev_dtype) };
     }
 }
 
 /// Whether an autocast region is open on this thread for `device`'s type.
 pub fn autocast_enabled(device: tch::Device) -> bool {
-    let d = match device {
-        tch::Device::Cpu => 0,
-        tch::Device::Cuda(_) => 1,
-        _ => return false,
+    let Some(d) = device_code(device) else {
+        return false;
     };
     // SAFETY: reads ATen's thread-local state.
     unsafe { ca_autocast_is_enabled(d) != 0 }
