@@ -106,8 +106,10 @@ pub struct LossConfig {
     pub info_s: f64,
     /// Salient-zero: the predicted `s` of real background images is pushed to 0. Default 1.
     pub salient_zero: f64,
-    /// GAN: dataset classification from the encoder's `s` of real images — a linear head
-    /// `w . s + b` trained with the encoder, BCE against background/target — so that target
+    /// GAN: dataset classification from the encoder's `s` of real images — a head
+    /// `w . [s, s²] + b` trained with the encoder, BCE against background/target (the square
+    /// terms because background `s` is pushed to 0 and target `s` to mean 0: no linear function
+    /// of `s` alone tells them apart; see `ca_train::gan::salient_class_features`) — so that target
     /// codes must differ from the background's `s = 0` in a readable way (the diffusion model's
     /// `class` term; for the GAN, `class` is the discriminator's dataset head). Default 0.
     pub salient_class: f64,
@@ -144,6 +146,14 @@ pub struct LossConfig {
     /// `confusion` (the encoder pushes the classifier's logit to 0; see
     /// `ca_train::gan::z_adversary_terms`).
     pub z_adversary_kind: ZAdversaryKind,
+    /// GAN: steps over which the salient conventions — `salient_zero` and the `prior` on target
+    /// `s` — ramp linearly from 0 to their weights (the `prior` on `z` is never ramped).
+    /// Default 0 (full weight from the first step). Measured with the CA-GAN (300-step screens,
+    /// `salient_class` = 1, separate encoder): with both conventions at full weight from step 0
+    /// the encoder never learns background-vs-target from `s` (BCE 0.69 -> 0.69: the prior fills
+    /// `s` with whatever image variance is at hand, the L1 of `salient_zero` squeezes it to 0 for
+    /// every image); without them BCE 0.69 -> 0.50.
+    pub salient_warmup_steps: u64,
     /// Diffusion: weight of the denoising loss. Default 1.
     pub denoise: f64,
     /// Use the background convention `s = 0` when decoding real background images. Default
@@ -171,6 +181,7 @@ impl Default for LossConfig {
             z_adversary: 0.0,
             invariance_scope: InvarianceScope::Encoder,
             z_adversary_kind: ZAdversaryKind::Reversal,
+            salient_warmup_steps: 0,
             denoise: 1.0,
             salient_masking: true,
         }

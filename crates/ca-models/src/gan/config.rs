@@ -264,6 +264,11 @@ pub struct EncoderConfig {
     /// Equalised learning rate for every layer. Default true.
     #[serde(default = "default_true")]
     pub equalized_lr: bool,
+    /// Give `s` its own convolutional trunk and hidden layer instead of sharing `z`'s. Every
+    /// pressure on `z` (prior, MMD, the z adversary) then leaves the features `s` reads alone.
+    /// Default false (one shared trunk, as in the D-heads encoder).
+    #[serde(default)]
+    pub separate_salient: bool,
 }
 
 impl Default for EncoderConfig {
@@ -273,6 +278,7 @@ impl Default for EncoderConfig {
             max_channels: default_d_max(),
             hidden: default_hidden(),
             equalized_lr: true,
+            separate_salient: false,
         }
     }
 }

@@ -3,7 +3,8 @@
 //! [`super::discriminator`]) with only the `z` and `s` heads.
 //!
 //! Parameters: `from_rgb.*`, `blocks.{i}.conv{0,1}.*`, `enc_conv.*`, `enc_fc.*`, `z_out.*`,
-//! `s_out.*` (the same names as in the discriminator, so weights can be copied across).
+//! `s_out.*` (the same names as in the discriminator, so weights can be copied across), and with
+//! `separate_salient` `salient.from_rgb.*`, `salient.blocks.*`, `salient.enc_*` for `s`'s own trunk.
 
 use tch::{Tensor, nn};
 
@@ -17,6 +18,8 @@ use crate::{CaCode, ImageGeometry};
 pub struct Encoder {
     trunk: Trunk,
     enc: Head,
+    /// `s`'s own trunk and hidden layer (`EncoderConfig::separate_salient`).
+    salient: Option<(Trunk, Head)>,
     z_out: EqualLinear,
     s_out: EqualLinear,
 }
@@ -31,9 +34,16 @@ impl Encoder {
         };
         let trunk = Trunk::new(p, cfg.base_channels, cfg.max_channels, eq, geom);
         let c = trunk.out_channels;
+        let salient = cfg.separate_salient.then(|| {
+            let q = p / "salient";
+            let t = Trunk::new(&q, cfg.base_channels, cfg.max_channels, eq, geom);
+            let h = Head::new(&q, "enc", t.out_channels, t.out_channels, cfg.hidden, eq);
+            (t, h)
+        });
         Encoder {
             enc: Head::new(p, "enc", c, c, cfg.hidden, eq),
             trunk,
+            salient,
             z_out: EqualLinear::new(&(p / "z_out"), cfg.hidden, dz, init),
             s_out: EqualLinear::new(&(p / "s_out"), cfg.hidden, ds, init),
         }
@@ -45,14 +55,19 @@ impl Encoder {
         self.forward_with_features(x).0
     }
 
-    /// The code and the shared features `[B, hidden]` that both heads read.
+    /// The code and the features `[B, hidden]` that the `z` head reads (shared with the `s`
+    /// head unless `separate_salient`).
     pub fn forward_with_features(&self, x: &Tensor) -> (CaCode, Tensor) {
-        let feats = self.trunk.forward(x);
-        let e = self
-            .enc
-            .forward(feats.last().expect("the trunk has at least one block"));
-        let code = CaCode::new(self.z_out.forward(&e), self.s_out.forward(&e));
-        (code, e)
+        let hidden = |trunk: &Trunk, head: &Head| {
+            let feats = trunk.forward(x);
+            head.forward(feats.last().expect("the trunk has at least one block"))
+        };
+        let e = hidden(&self.trunk, &self.enc);
+        let s = match &self.salient {
+            Some((t, h)) => self.s_out.forward(&hidden(t, h)),
+            None => self.s_out.forward(&e),
+        };
+        (CaCode::new(self.z_out.forward(&e), s), e)
     }
 
     /// The `z` head alone on given shared features (from [`Self::forward_with_features`]).
@@ -70,13 +85,14 @@ mod tests {
     #[test]
     fn encodes_to_the_code_shapes_and_trains_every_parameter() {
         tch::manual_seed(0);
-        for size in [32, 64] {
+        for (size, separate_salient) in [(32, false), (64, false), (32, true)] {
             let vs = nn::VarStore::new(Device::Cpu);
             let cfg = EncoderConfig {
                 base_channels: 4,
                 max_channels: 16,
                 hidden: 8,
                 equalized_lr: false,
+                separate_salient,
             };
             let e = Encoder::new(&vs.root(), &cfg, 7, 2, ImageGeometry { channels: 3, size });
             let c = e.forward_t(
@@ -87,5 +103,59 @@ mod tests {
             (c.z.sum(Kind::Float) + c.s.sum(Kind::Float)).backward();
             assert_eq!(dead_parameters(&vs), Vec::<String>::new());
         }
+    }
+
+    /// With `separate_salient`, `s` does not depend on `z`'s weights: a loss on `z` alone leaves
+    /// no gradient on `s`'s trunk, and one on `s` none on `z`'s.
+    #[test]
+    fn separate_salient_trunk_is_independent_of_z() {
+        tch::manual_seed(0);
+        let vs = nn::VarStore::new(Device::Cpu);
+        let cfg = EncoderConfig {
+            base_channels: 4,
+            max_channels: 8,
+            hidden: 8,
+            equalized_lr: true,
+            separate_salient: true,
+        };
+        let geom = ImageGeometry {
+            channels: 3,
+            size: 32,
+        };
+        let e = Encoder::new(&vs.root(), &cfg, 5, 2, geom);
+        let x = Tensor::randn([2, 3, 32, 32], (Kind::Float, Device::Cpu));
+        let grads_of = |loss: Tensor| {
+            for v in vs.trainable_variables() {
+                if v.grad().defined() {
+                    let _ = v.grad().zero_();
+                }
+            }
+            loss.backward();
+            vs.variables()
+                .into_iter()
+                .filter(|(_, v)| {
+                    v.grad().defined() && v.grad().abs().sum(Kind::Float).double_value(&[]) > 0.0
+                })
+                .map(|(n, _)| n)
+                .collect::<Vec<_>>()
+        };
+        let (c, _) = e.forward_with_features(&x);
+        let from_z = grads_of(c.z.square().sum(Kind::Float));
+        assert!(!from_z.is_empty());
+        assert!(
+            from_z
+                .iter()
+                .all(|n| !n.starts_with("salient") && !n.starts_with("s_out")),
+            "{from_z:?}"
+        );
+        let (c, _) = e.forward_with_features(&x);
+        let from_s = grads_of(c.s.square().sum(Kind::Float));
+        assert!(!from_s.is_empty());
+        assert!(
+            from_s
+                .iter()
+                .all(|n| n.starts_with("salient") || n.starts_with("s_out")),
+            "{from_s:?}"
+        );
     }
 }
