@@ -829,6 +829,7 @@ mod tests {
                 base_channels: 8,
                 channel_mult: vec![1, 2],
                 res_blocks: 1,
+                separate_salient: false,
             },
             latent_prior: LatentPriorConfig {
                 layers: 2,

@@ -127,6 +127,10 @@ pub struct EncoderConfig {
     pub channel_mult: Vec<i64>,
     /// Residual blocks per level (default 1; DiffAE: 2).
     pub res_blocks: i64,
+    /// Give `s` its own conv stack (same shape, weights under `salient/`) instead of sharing
+    /// `z`'s: the invariance terms on `z` then cannot empty `s` even with
+    /// `loss.invariance_scope = "encoder"`. Default false.
+    pub separate_salient: bool,
 }
 
 impl Default for EncoderConfig {
@@ -135,6 +139,7 @@ impl Default for EncoderConfig {
             base_channels: 32,
             channel_mult: vec![1, 2, 2, 2],
             res_blocks: 1,
+            separate_salient: false,
         }
     }
 }

@@ -17,24 +17,24 @@ use tch::{Kind, Tensor};
 #[derive(Debug)]
 pub struct SemanticEncoder {
     geom: ImageGeometry,
-    input_conv: nn::Conv2D,
-    blocks: Vec<(ResBlock, Option<nn::Conv2D>)>,
-    out_norm: nn::GroupNorm,
+    trunk: Trunk,
+    /// `s`'s own conv stack (`EncoderConfig::separate_salient`).
+    salient: Option<Trunk>,
     z_head: nn::Linear,
     s_head: nn::Linear,
 }
 
-impl SemanticEncoder {
-    /// Build under `p` (names: `input_conv`, `blocks/<i>/{res,down}`, `out_norm`, `z_head`,
-    /// `s_head`) from `cfg.encoder`, `cfg.dz`, `cfg.ds`, `cfg.norm_groups`. Validates `cfg` and
-    /// `geom`.
-    pub fn new(
-        p: &nn::Path,
-        cfg: &DiffusionModelConfig,
-        geom: ImageGeometry,
-    ) -> Result<Self, DiffusionError> {
-        cfg.validate()?;
-        cfg.validate_geometry(geom)?;
+/// The conv stack to pooled features: input conv, residual blocks with downsampling, norm.
+#[derive(Debug)]
+struct Trunk {
+    input_conv: nn::Conv2D,
+    blocks: Vec<(ResBlock, Option<nn::Conv2D>)>,
+    out_norm: nn::GroupNorm,
+    out_channels: i64,
+}
+
+impl Trunk {
+    fn new(p: &nn::Path, cfg: &DiffusionModelConfig, geom: ImageGeometry) -> Self {
         let e = &cfg.encoder;
         let mut ch = e.base_channels;
         let mut blocks = Vec::new();
@@ -51,24 +51,15 @@ impl SemanticEncoder {
                 blocks.push((res, down));
             }
         }
-        Ok(SemanticEncoder {
-            geom,
+        Trunk {
             input_conv: conv3(p / "input_conv", geom.channels, e.base_channels, 1),
             blocks,
             out_norm: group_norm(p / "out_norm", cfg.norm_groups, ch),
-            z_head: linear(p / "z_head", ch, cfg.dz),
-            s_head: linear(p / "s_head", ch, cfg.ds),
-        })
+            out_channels: ch,
+        }
     }
 
-    /// The pooled features before the heads, `[B, C_last]`.
-    pub fn features(&self, x: &Tensor, train: bool) -> Tensor {
-        let (_, c, _, _) = x.size4().expect("encoder input must be [B, C, H, W]");
-        assert_eq!(
-            c, self.geom.channels,
-            "encoder input has {c} channels, expected {}",
-            self.geom.channels
-        );
+    fn forward(&self, x: &Tensor, train: bool) -> Tensor {
         let mut h = self.input_conv.forward(x);
         for (res, down) in &self.blocks {
             h = res.forward(&h, None, train);
@@ -81,17 +72,63 @@ impl SemanticEncoder {
             .silu()
             .mean_dim([2i64, 3].as_slice(), false, Kind::Float)
     }
+}
+
+impl SemanticEncoder {
+    /// Build under `p` (names: `input_conv`, `blocks/<i>/{res,down}`, `out_norm`, `z_head`,
+    /// `s_head`, and with `separate_salient` the same stack again under `salient/`) from
+    /// `cfg.encoder`, `cfg.dz`, `cfg.ds`, `cfg.norm_groups`. Validates `cfg` and `geom`.
+    pub fn new(
+        p: &nn::Path,
+        cfg: &DiffusionModelConfig,
+        geom: ImageGeometry,
+    ) -> Result<Self, DiffusionError> {
+        cfg.validate()?;
+        cfg.validate_geometry(geom)?;
+        let trunk = Trunk::new(p, cfg, geom);
+        let ch = trunk.out_channels;
+        let salient = cfg
+            .encoder
+            .separate_salient
+            .then(|| Trunk::new(&(p / "salient"), cfg, geom));
+        Ok(SemanticEncoder {
+            geom,
+            trunk,
+            salient,
+            z_head: linear(p / "z_head", ch, cfg.dz),
+            s_head: linear(p / "s_head", ch, cfg.ds),
+        })
+    }
+
+    /// The pooled features the `z` head reads, `[B, C_last]` (the `s` head reads them too
+    /// unless `separate_salient`).
+    pub fn features(&self, x: &Tensor, train: bool) -> Tensor {
+        self.check_input(x);
+        self.trunk.forward(x, train)
+    }
+
+    fn check_input(&self, x: &Tensor) {
+        let (_, c, _, _) = x.size4().expect("encoder input must be [B, C, H, W]");
+        assert_eq!(
+            c, self.geom.channels,
+            "encoder input has {c} channels, expected {}",
+            self.geom.channels
+        );
+    }
 
     /// Encode images `[B, C, H, W]` in `[-1, 1]` to their code (`z: [B, dz]`, `s: [B, ds]`).
     pub fn forward_t(&self, x: &Tensor, train: bool) -> CaCode {
         self.forward_with_features(x, train).0
     }
 
-    /// The code and the pooled features `[B, C_last]` that both heads read.
+    /// The code and the pooled features `[B, C_last]` that the `z` head reads.
     pub fn forward_with_features(&self, x: &Tensor, train: bool) -> (CaCode, Tensor) {
         let f = self.features(x, train);
-        let code = CaCode::new(self.z_head.forward(&f), self.s_head.forward(&f));
-        (code, f)
+        let s = match &self.salient {
+            Some(t) => self.s_head.forward(&t.forward(x, train)),
+            None => self.s_head.forward(&f),
+        };
+        (CaCode::new(self.z_head.forward(&f), s), f)
     }
 
     /// The `z` head alone on given pooled features (from [`Self::features`]).
@@ -119,6 +156,51 @@ mod tests {
             assert_eq!(c.z.size(), vec![2, cfg.dz]);
             assert_eq!(c.s.size(), vec![2, cfg.ds]);
         }
+    }
+
+    /// With `separate_salient`, a loss on `z` leaves `s`'s weights without gradient and one on
+    /// `s` leaves `z`'s without.
+    #[test]
+    fn separate_salient_stack_is_independent_of_z() {
+        tch::manual_seed(2);
+        let mut cfg = tiny_config();
+        cfg.encoder.separate_salient = true;
+        let vs = nn::VarStore::new(Device::Cpu);
+        let geom = ImageGeometry {
+            channels: 1,
+            size: 8,
+        };
+        let enc = SemanticEncoder::new(&vs.root(), &cfg, geom).unwrap();
+        perturb(&vs);
+        let x = Tensor::rand([3, 1, 8, 8], (Kind::Float, Device::Cpu));
+        let with_grad = |pick_z: bool| {
+            for v in vs.trainable_variables() {
+                if v.grad().defined() {
+                    let _ = v.grad().zero_();
+                }
+            }
+            let c = enc.forward_t(&x, true);
+            let t = if pick_z { &c.z } else { &c.s };
+            t.square().sum(Kind::Float).backward();
+            let mut names: Vec<String> = vs
+                .variables()
+                .into_iter()
+                .filter(|(_, v)| {
+                    v.grad().defined() && v.grad().abs().sum(Kind::Float).double_value(&[]) > 0.0
+                })
+                .map(|(n, _)| n)
+                .collect();
+            names.sort();
+            names
+        };
+        let own_s = |n: &String| n.starts_with("salient") || n.starts_with("s_head");
+        let from_z = with_grad(true);
+        assert!(
+            !from_z.is_empty() && !from_z.iter().any(own_s),
+            "{from_z:?}"
+        );
+        let from_s = with_grad(false);
+        assert!(!from_s.is_empty() && from_s.iter().all(own_s), "{from_s:?}");
     }
 
     #[test]

@@ -442,6 +442,7 @@ pub(crate) mod tests {
                 base_channels: 8,
                 channel_mult: vec![1, 2],
                 res_blocks: 1,
+                separate_salient: false,
             },
             ..Default::default()
         }
