@@ -879,6 +879,19 @@ pub mod test_support {
         }
     }
 
+    /// A tiny style GAN (dz 4, ds 2, 8-16 channels), with a separate encoder when `encoder`.
+    pub fn tiny_cfg(encoder: bool) -> super::GanModelConfig {
+        let text = format!(
+            "dz = 4\nds = 2\n[generator]\nkind = \"style\"\nbase_channels = 8\nmax_channels = 16\nw_dim = 16\nmapping_layers = 2\n[discriminator]\nbase_channels = 8\nmax_channels = 16\nhidden = 32\n{}",
+            if encoder {
+                "[encoder]\nbase_channels = 8\nmax_channels = 16\nhidden = 32\n"
+            } else {
+                ""
+            }
+        );
+        toml::from_str(&text).unwrap()
+    }
+
     /// Mean of the last `n` values.
     pub fn tail_mean(v: &[f64], n: usize) -> f64 {
         v[v.len() - n..].iter().sum::<f64>() / n as f64
@@ -887,7 +900,7 @@ pub mod test_support {
 
 #[cfg(test)]
 mod tests {
-    use super::test_support::test_optim;
+    use super::test_support::{test_optim, tiny_cfg};
     use super::*;
     use crate::config::LossConfig;
 
@@ -942,18 +955,6 @@ mod tests {
             .backward();
         let diff = (w_grad - lin.ws.grad()).abs().max().double_value(&[]);
         assert!(diff < 1e-6, "classifier gradient differs by {diff}");
-    }
-
-    fn tiny_cfg(encoder: bool) -> GanModelConfig {
-        let text = format!(
-            "dz = 4\nds = 2\n[generator]\nkind = \"style\"\nbase_channels = 8\nmax_channels = 16\nw_dim = 16\nmapping_layers = 2\n[discriminator]\nbase_channels = 8\nmax_channels = 16\nhidden = 32\n{}",
-            if encoder {
-                "[encoder]\nbase_channels = 8\nmax_channels = 16\nhidden = 32\n"
-            } else {
-                ""
-            }
-        );
-        toml::from_str(&text).unwrap()
     }
 
     /// Regression test: with only the info loss on, the encoder learns to read the codes of

@@ -14,21 +14,15 @@
 
 use ca_models::ImageGeometry;
 use ca_models::blocks::native::AutocastDtype;
-use ca_models::gan::GanModelConfig;
 use ca_train::config::LossConfig;
-use ca_train::gan::test_support::{record_curves, tail_mean, test_optim};
+use ca_train::gan::test_support::{record_curves, tail_mean, test_optim, tiny_cfg};
 use ca_train::gan::{GanNets, GanStep};
 use tch::{Device, Kind, Tensor};
 
 #[test]
 fn bf16_autocast_tracks_fp32_over_100_steps() {
     tch::set_num_threads(1);
-    let cfg: GanModelConfig = toml::from_str(
-        "dz = 4\nds = 2\n[generator]\nkind = \"style\"\nbase_channels = 8\nmax_channels = 16\n\
-         w_dim = 16\nmapping_layers = 2\n[discriminator]\nbase_channels = 8\nmax_channels = 16\n\
-         hidden = 32\n[encoder]\nbase_channels = 8\nmax_channels = 16\nhidden = 32\n",
-    )
-    .unwrap();
+    let cfg = tiny_cfg(true);
     let geom = ImageGeometry {
         channels: 3,
         size: 32,

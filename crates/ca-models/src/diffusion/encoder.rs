@@ -141,6 +141,7 @@ impl SemanticEncoder {
 mod tests {
     use super::*;
     use crate::diffusion::unet::tests::{assert_all_grads_nonzero, perturb, tiny_config};
+    use crate::gan::test_util::parameters_reached_by;
     use tch::Device;
 
     #[test]
@@ -174,24 +175,9 @@ mod tests {
         perturb(&vs);
         let x = Tensor::rand([3, 1, 8, 8], (Kind::Float, Device::Cpu));
         let with_grad = |pick_z: bool| {
-            for v in vs.trainable_variables() {
-                if v.grad().defined() {
-                    let _ = v.grad().zero_();
-                }
-            }
             let c = enc.forward_t(&x, true);
             let t = if pick_z { &c.z } else { &c.s };
-            t.square().sum(Kind::Float).backward();
-            let mut names: Vec<String> = vs
-                .variables()
-                .into_iter()
-                .filter(|(_, v)| {
-                    v.grad().defined() && v.grad().abs().sum(Kind::Float).double_value(&[]) > 0.0
-                })
-                .map(|(n, _)| n)
-                .collect();
-            names.sort();
-            names
+            parameters_reached_by(&vs, &t.square().sum(Kind::Float))
         };
         let own_s = |n: &String| n.starts_with("salient") || n.starts_with("s_head");
         let from_z = with_grad(true);

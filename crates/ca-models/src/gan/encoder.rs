@@ -79,7 +79,7 @@ impl Encoder {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::gan::test_util::dead_parameters;
+    use crate::gan::test_util::{dead_parameters, parameters_reached_by};
     use tch::{Device, Kind};
 
     #[test]
@@ -124,23 +124,8 @@ mod tests {
         };
         let e = Encoder::new(&vs.root(), &cfg, 5, 2, geom);
         let x = Tensor::randn([2, 3, 32, 32], (Kind::Float, Device::Cpu));
-        let grads_of = |loss: Tensor| {
-            for v in vs.trainable_variables() {
-                if v.grad().defined() {
-                    let _ = v.grad().zero_();
-                }
-            }
-            loss.backward();
-            vs.variables()
-                .into_iter()
-                .filter(|(_, v)| {
-                    v.grad().defined() && v.grad().abs().sum(Kind::Float).double_value(&[]) > 0.0
-                })
-                .map(|(n, _)| n)
-                .collect::<Vec<_>>()
-        };
         let (c, _) = e.forward_with_features(&x);
-        let from_z = grads_of(c.z.square().sum(Kind::Float));
+        let from_z = parameters_reached_by(&vs, &c.z.square().sum(Kind::Float));
         assert!(!from_z.is_empty());
         assert!(
             from_z
@@ -149,7 +134,7 @@ mod tests {
             "{from_z:?}"
         );
         let (c, _) = e.forward_with_features(&x);
-        let from_s = grads_of(c.s.square().sum(Kind::Float));
+        let from_s = parameters_reached_by(&vs, &c.s.square().sum(Kind::Float));
         assert!(!from_s.is_empty());
         assert!(
             from_s

@@ -124,7 +124,7 @@ pub fn summary(vs: &nn::VarStore) -> String {
     out
 }
 
-/// Test helpers shared by the GAN modules.
+/// Test helpers shared by the GAN modules (and the diffusion encoder's gradient test).
 #[cfg(test)]
 pub(crate) mod test_util {
     use tch::{Device, Kind, Tensor, nn};
@@ -153,6 +153,24 @@ pub(crate) mod test_util {
             .collect();
         dead.sort();
         dead
+    }
+
+    /// Names of the trainable variables that `loss` reaches (sorted): every gradient is zeroed,
+    /// `loss` backpropagated, and the variables not [`dead_parameters`] kept.
+    pub fn parameters_reached_by(vs: &nn::VarStore, loss: &Tensor) -> Vec<String> {
+        for mut t in vs.trainable_variables() {
+            t.zero_grad();
+        }
+        loss.backward();
+        let dead = dead_parameters(vs);
+        let mut live: Vec<String> = vs
+            .variables()
+            .into_iter()
+            .filter(|(n, t)| t.requires_grad() && !dead.contains(n))
+            .map(|(n, _)| n)
+            .collect();
+        live.sort();
+        live
     }
 }
 
