@@ -43,6 +43,32 @@ pub struct RunConfig {
     /// Evaluation (`[eval]`).
     #[serde(default)]
     pub eval: EvalConfig,
+    /// How a trained model edits real images (`[apply]`): read by `ca counterfactual`, `ca swap`
+    /// and `ca eval`, never by training, so it can be changed in a run's `config.toml`.
+    #[serde(default)]
+    pub apply: ApplyConfig,
+}
+
+/// How a trained model edits real images (`[apply]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApplyConfig {
+    /// How a GAN re-renders a real image `x` (codes `own`) with new codes (counterfactual,
+    /// swap). Diffusion runs always use DDIM inversion.
+    pub gan_edit: GanEdit,
+}
+
+/// How a GAN edits a real image (`apply.gan_edit`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum GanEdit {
+    /// `G(new)`: the edit is the generator's rendering, details G cannot reconstruct are lost.
+    #[default]
+    Decode,
+    /// `x + G(new) - G(own)`: only what the change of codes changes in G's output is applied
+    /// to `x`, so what G renders badly (fine detail, blur) is kept from `x`, as DDIM inversion
+    /// keeps it for a diffusion model.
+    Residual,
 }
 
 /// The model family, chosen by `family = "gan" | "diffusion"` in `[model]`.

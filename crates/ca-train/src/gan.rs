@@ -26,7 +26,9 @@ use tch::{Device, Kind, Tensor};
 
 use crate::adam::{Adam, AdamConfig};
 use crate::checkpoint::{self, CheckpointError};
-use crate::config::{AdversarialKind, InvarianceScope, LossConfig, OptimConfig, ZAdversaryKind};
+use crate::config::{
+    AdversarialKind, GanEdit, InvarianceScope, LossConfig, OptimConfig, ZAdversaryKind,
+};
 use crate::ema;
 use crate::model::CaModel;
 
@@ -754,6 +756,7 @@ pub struct GanModel {
     dz: i64,
     ds: i64,
     geom: ImageGeometry,
+    edit: GanEdit,
 }
 
 /// The encoder of a trained GAN, with the var store that owns its weights (kept alive).
@@ -793,7 +796,14 @@ impl GanModel {
             dz: cfg.dz,
             ds: cfg.ds,
             geom,
+            edit: GanEdit::Decode,
         })
+    }
+
+    /// The same model editing real images the given way (`apply.gan_edit`).
+    pub fn with_edit(mut self, edit: GanEdit) -> Self {
+        self.edit = edit;
+        self
     }
 }
 
@@ -824,8 +834,18 @@ impl CaModel for GanModel {
         let _g = tch::no_grad_guard();
         self.g.forward_t(code, false)
     }
-    fn edit(&self, _x: &Tensor, _own: &CaCode, new: &CaCode) -> Tensor {
-        self.decode(new, 0)
+    fn edit(&self, x: &Tensor, own: &CaCode, new: &CaCode) -> Tensor {
+        match self.edit {
+            GanEdit::Decode => self.decode(new, 0),
+            GanEdit::Residual => {
+                let _g = tch::no_grad_guard();
+                let new_img = self.decode(new, 0);
+                (x.to_kind(new_img.kind()) + new_img - self.decode(own, 0)).clamp(-1.0, 1.0)
+            }
+        }
+    }
+    fn render(&self, _x: &Tensor, code: &CaCode) -> Tensor {
+        self.decode(code, 0)
     }
     fn sample_codes(&self, n: i64, target: bool, seed: u64) -> CaCode {
         let dev = self.device();
@@ -903,6 +923,57 @@ mod tests {
     use super::test_support::{test_optim, tiny_cfg};
     use super::*;
     use crate::config::LossConfig;
+
+    /// `apply.gan_edit`: `decode` re-renders from the new codes; `residual` adds G's change
+    /// between the codes to the input (so equal codes return the input); both reconstruct by
+    /// decoding.
+    #[test]
+    fn residual_edit_applies_only_the_change_of_the_codes() {
+        tch::manual_seed(0);
+        let cfg = tiny_cfg(true);
+        let geom = ImageGeometry {
+            channels: 3,
+            size: 32,
+        };
+        let mut tensors = std::collections::HashMap::new();
+        let g_vs = nn::VarStore::new(Device::Cpu);
+        gan::build_generator(&g_vs.root(), &cfg, geom).unwrap();
+        let e_vs = nn::VarStore::new(Device::Cpu);
+        gan::build_encoder(&e_vs.root(), &cfg, geom)
+            .unwrap()
+            .unwrap();
+        for (prefix, vs) in [("g.", &g_vs), ("e.", &e_vs)] {
+            for (k, v) in vs.variables() {
+                tensors.insert(format!("{prefix}{k}"), v);
+            }
+        }
+        let file = std::path::Path::new("in-memory");
+        let m = GanModel::load(&cfg, geom, &tensors, file, Device::Cpu).unwrap();
+        let x = Tensor::rand([3, 3, 32, 32], (Kind::Float, Device::Cpu)) * 1.6 - 0.8;
+        let own = m.encode(&x);
+        let new = own.without_salient();
+        let max_diff = |a: &Tensor, b: &Tensor| (a - b).abs().max().double_value(&[]);
+        let (g_own, g_new) = (m.decode(&own, 0), m.decode(&new, 0));
+        assert!(
+            max_diff(&g_own, &g_new) > 1e-4,
+            "the codes change G's output"
+        );
+        assert_eq!(max_diff(&m.edit(&x, &own, &new), &g_new), 0.0, "decode");
+        assert_eq!(max_diff(&m.render(&x, &own), &g_own), 0.0);
+
+        let m = m.with_edit(GanEdit::Residual);
+        assert!(
+            max_diff(&m.edit(&x, &own, &own), &x) < 1e-6,
+            "same codes: the input"
+        );
+        let want = (&x + &g_new - &g_own).clamp(-1.0, 1.0);
+        assert!(max_diff(&m.edit(&x, &own, &new), &want) < 1e-6);
+        assert!(
+            max_diff(&m.edit(&x, &own, &new), &g_new) > 1e-3,
+            "not a decode"
+        );
+        assert_eq!(max_diff(&m.render(&x, &own), &g_own), 0.0, "render decodes");
+    }
 
     fn zero_grads(vs: &nn::VarStore) {
         for mut t in vs.trainable_variables() {

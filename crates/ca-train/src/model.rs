@@ -26,8 +26,15 @@ pub trait CaModel {
     fn decode(&self, code: &CaCode, seed: u64) -> Tensor;
     /// Re-render the images `x`, whose codes are `own`, with the codes `new` — keeping what the
     /// codes do not describe where the model can (diffusion: DDIM inversion of `x` under `own`,
-    /// then decoding under `new`; GAN: decoding `new`).
+    /// then decoding under `new`; GAN: `apply.gan_edit`, decoding `new` or adding
+    /// `G(new) - G(own)` to `x`).
     fn edit(&self, x: &Tensor, own: &CaCode, new: &CaCode) -> Tensor;
+    /// The model's own rendering of `x` from its codes `code` (what `reconstruct` and the
+    /// reconstruction PSNR measure). Default: `edit(x, code, code)` (diffusion: inversion, then
+    /// decoding). A model whose edit could return `x` unchanged overrides it.
+    fn render(&self, x: &Tensor, code: &CaCode) -> Tensor {
+        self.edit(x, code, code)
+    }
     /// Draw new codes: background codes (`s = 0`) when `target` is false.
     fn sample_codes(&self, n: i64, target: bool, seed: u64) -> CaCode;
 }
@@ -42,7 +49,7 @@ pub fn group_code(code: &CaCode, is_target: &Tensor) -> CaCode {
 pub fn reconstruct(m: &dyn CaModel, x: &Tensor, is_target: &Tensor) -> Tensor {
     let own = m.encode(x);
     let c = group_code(&own, is_target);
-    m.edit(x, &c, &c)
+    m.render(x, &c)
 }
 
 /// Background counterpart: the same images with their salient factors removed (`s := 0`).

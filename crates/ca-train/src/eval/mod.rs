@@ -223,13 +223,29 @@ fn encode_all(m: &dyn CaModel, x: &Tensor, bs: i64) -> CaCode {
 
 /// `m.edit(x, own, new)` in batches; images on the CPU.
 fn edit_all(m: &dyn CaModel, x: &Tensor, own: &CaCode, new: &CaCode, bs: i64) -> Tensor {
+    in_batches(m, x, own, new, bs, |x, own, new| m.edit(x, own, new))
+}
+
+/// `m.render(x, code)` (the model's reconstruction) in batches; images on the CPU.
+fn render_all(m: &dyn CaModel, x: &Tensor, code: &CaCode, bs: i64) -> Tensor {
+    in_batches(m, x, code, code, bs, |x, code, _| m.render(x, code))
+}
+
+fn in_batches(
+    m: &dyn CaModel,
+    x: &Tensor,
+    own: &CaCode,
+    new: &CaCode,
+    bs: i64,
+    f: impl Fn(&Tensor, &CaCode, &CaCode) -> Tensor,
+) -> Tensor {
     let dev = m.device();
     let n = x.size()[0];
     let mut parts = Vec::new();
     let mut i = 0;
     while i < n {
         let len = bs.min(n - i);
-        let e = m.edit(
+        let e = f(
             &x.narrow(0, i, len).to_device(dev),
             &own.narrow(i, len).to_device(dev),
             &new.narrow(i, len).to_device(dev),
@@ -453,7 +469,7 @@ pub fn evaluate(
     // Reconstruction, counterparts.
     let is_target = Tensor::from_slice(&group).ne(0);
     let own_grouped = model::group_code(&codes, &is_target);
-    let rec = edit_all(m, &x, &own_grouped, &own_grouped, bs);
+    let rec = render_all(m, &x, &own_grouped, bs);
     let bg_t = rows_tensor(&bg_rows);
     let tg_t = rows_tensor(&tg_rows);
     let x_bg = x.index_select(0, &bg_t);
