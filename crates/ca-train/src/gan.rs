@@ -935,18 +935,8 @@ mod tests {
             channels: 3,
             size: 32,
         };
-        let mut tensors = std::collections::HashMap::new();
-        let g_vs = nn::VarStore::new(Device::Cpu);
-        gan::build_generator(&g_vs.root(), &cfg, geom).unwrap();
-        let e_vs = nn::VarStore::new(Device::Cpu);
-        gan::build_encoder(&e_vs.root(), &cfg, geom)
-            .unwrap()
-            .unwrap();
-        for (prefix, vs) in [("g.", &g_vs), ("e.", &e_vs)] {
-            for (k, v) in vs.variables() {
-                tensors.insert(format!("{prefix}{k}"), v);
-            }
-        }
+        let nets = GanNets::build(&cfg, geom, (false, false), Device::Cpu).unwrap();
+        let tensors: std::collections::HashMap<_, _> = nets.model_tensors().into_iter().collect();
         let file = std::path::Path::new("in-memory");
         let m = GanModel::load(&cfg, geom, &tensors, file, Device::Cpu).unwrap();
         let x = Tensor::rand([3, 3, 32, 32], (Kind::Float, Device::Cpu)) * 1.6 - 0.8;
