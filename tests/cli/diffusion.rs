@@ -7,7 +7,7 @@ use crate::util::{losses, train};
 
 /// Lower bound on the PSNR (dB, images scaled to [0, 1]) of `reconstruct` (DDIM inversion under
 /// the images' own codes, then deterministic DDIM decoding, 100 steps each, EMA networks) after
-/// 6 training steps of the tiny model below at lr 1e-3 (5x the preset's, so the UNet's output is
+/// 6 training steps of the tiny model below at lr 1e-3 (2x the preset's, so the UNet's output is
 /// no longer ~0, which would make the round trip trivially exact). Measured on 4 images
 /// (2 background, 2 target), CPU, with the preset's v-prediction: 41.7 dB; the same codes decoded
 /// from fresh noise instead of the inverted `x_T` score 7.7 dB. (With eps-prediction: 37.5 dB,
