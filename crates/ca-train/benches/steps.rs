@@ -190,6 +190,8 @@ fn time_it(device: Device, warmup: usize, steps: usize, mut f: impl FnMut(u64)) 
 }
 
 fn main() {
+    // The same allocator settings as the `ca` binary (ca_train::malloc).
+    ca_train::malloc::tune_for_training();
     if let Err(e) = real_main() {
         eprintln!("steps: {e}");
         std::process::exit(2);

@@ -12,6 +12,7 @@ pub mod ema;
 pub mod eval;
 pub mod gan;
 pub mod images;
+pub mod malloc;
 pub mod metrics;
 pub mod model;
 pub mod overrides;
