@@ -145,7 +145,7 @@ def main():
     if a.symbols > 0:
         r, t = sym_step["Rust"], sym_step["PyTorch"]
         keys = sorted(set(r) | set(t), key=lambda k: -abs(r.get(k, 0) - t.get(k, 0)))
-        print(f"\nlargest differences by symbol (CPU ms per step; sampling noise is a few ms):\n")
+        print("\nlargest differences by symbol (CPU ms per step; sampling noise is a few ms):\n")
         print("| category | symbol | Rust | PyTorch |")
         print("|---|---|---:|---:|")
         for k in keys[: a.symbols]:

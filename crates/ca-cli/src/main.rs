@@ -173,7 +173,7 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     // glibc keeps freed activations mapped instead of faulting them in again every step
-    // (ca_train::malloc: ~7% of a GAN step on 2 CPU threads); the user's own settings win.
+    // (ca_train::malloc: 5-10% of a training step on 2 CPU threads); the user's own settings win.
     let tuning = ca_train::malloc::tune_for_training();
     tracing::debug!("malloc thresholds: {tuning:?}");
     let cli = Cli::parse();
