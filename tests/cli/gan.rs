@@ -204,6 +204,21 @@ fn tiny_gan_run_trains_resumes_exactly_and_serves_every_verb() {
         .arg(&data)
         .arg("--all-images"));
     assert!(e.contains("--force"), "{e}");
+
+    // The quick check: the same separation numbers as the full evaluation, in its own file.
+    ok(ca()
+        .arg("eval")
+        .arg("--run")
+        .arg(&full)
+        .arg("--data")
+        .arg(&data)
+        .arg("--all-images")
+        .args(["--separation-only", "--device", "cpu"]));
+    let q: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(full.join("eval/separation.json")).unwrap())
+            .unwrap();
+    assert_eq!(q["separation"], m["separation"]);
+    assert_eq!(q["probe_matrix"], gt["probe_matrix"]);
 }
 
 fn image_pixels(p: &Path) -> Vec<u8> {

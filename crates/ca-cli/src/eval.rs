@@ -50,6 +50,11 @@ pub struct EvalArgs {
     /// Overwrite the files of a previous evaluation in RUN/eval/ (other files are kept).
     #[arg(long)]
     force: bool,
+    /// Only the separation probes and the probe matrix: one encoder pass, no decoding (seconds
+    /// instead of minutes; the same numbers as the full evaluation for the same images and
+    /// seed). Writes RUN/eval/separation.json; metrics.json and the report are left alone.
+    #[arg(long, conflicts_with = "compare")]
+    separation_only: bool,
     /// Seed of the probe folds, the domain classifier and the samples.
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -67,7 +72,11 @@ pub fn eval(a: &EvalArgs) -> anyhow::Result<()> {
             report::read_metrics(dir).with_context(|| format!("--compare '{}'", dir.display()))?;
         compare.push((run_name(dir), metrics));
     }
-    let out = report::prepare_eval_dir(&a.run, a.force)?;
+    let out = if a.separation_only {
+        a.run.join("eval")
+    } else {
+        report::prepare_eval_dir(&a.run, a.force)?
+    };
     let ds = apply::dataset_for(&cfg, a.data.as_deref())?;
     let split = if a.all_images {
         Split::All
@@ -114,23 +123,33 @@ pub fn eval(a: &EvalArgs) -> anyhow::Result<()> {
         split: if a.all_images { "all" } else { "eval" }.into(),
     };
     eprintln!(
-        "evaluating {} ({} at step {}) on {} images ...",
+        "evaluating {} ({} at step {}) on {} images{} ...",
         a.run.display(),
         m.family(),
         meta.step,
-        set.len()
+        set.len(),
+        if a.separation_only {
+            ", separation probes only"
+        } else {
+            ""
+        }
     );
+    if a.separation_only {
+        let rep = eval::evaluate_separation(m.as_ref(), &set, &info, &opts)?;
+        let path = report::write_separation(&a.run, &rep, a.force)?;
+        print_separation(&rep.separation);
+        println!(
+            "wrote {} ({} images, {:.1} s)",
+            path.display(),
+            set.len(),
+            t0.elapsed().as_secs_f64()
+        );
+        return Ok(());
+    }
     let ev = eval::evaluate(m.as_ref(), &set, &info, &opts)?;
     report::write_eval(&out, &run_name(&a.run), &ev, &compare)?;
     let mt = &ev.metrics;
-    let acc = |p: Option<eval::Probe>| p.map_or("-".to_string(), |p| format!("{:.3}", p.accuracy));
-    println!(
-        "salient from s {} / from z {}; dataset from z {}; common from z {}",
-        acc(mt.separation.salient_from_s),
-        acc(mt.separation.salient_from_z),
-        acc(mt.separation.dataset_from_z),
-        acc(mt.separation.common_from_z)
-    );
+    print_separation(&mt.separation);
     if let Some(g) = &mt.ground_truth {
         println!(
             "counterfactual {:.2} dB (gain {:+.2} dB), saliency IoU {:.3}, swap success {:.3}",
@@ -147,6 +166,18 @@ pub fn eval(a: &EvalArgs) -> anyhow::Result<()> {
         t0.elapsed().as_secs_f64()
     );
     Ok(())
+}
+
+/// The separation line of the summary.
+fn print_separation(sep: &eval::Separation) {
+    let acc = |p: Option<eval::Probe>| p.map_or("-".to_string(), |p| format!("{:.3}", p.accuracy));
+    println!(
+        "salient from s {} / from z {}; dataset from z {}; common from z {}",
+        acc(sep.salient_from_s),
+        acc(sep.salient_from_z),
+        acc(sep.dataset_from_z),
+        acc(sep.common_from_z)
+    );
 }
 
 /// The last component of a run directory (its name in the report's columns).

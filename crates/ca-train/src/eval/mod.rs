@@ -38,7 +38,7 @@ use tch::{Device, Kind, Tensor};
 pub use classifier::{ClassifierOptions, DomainClassifier};
 pub use schema::{
     EvalInfo, GroundTruth, Metrics, Probe, ProbeEntry, ProbeMatrix, Quality, Reconstruction,
-    Separation,
+    Separation, SeparationReport,
 };
 
 use crate::config::EvalConfig;
@@ -288,6 +288,14 @@ struct Prober {
 }
 
 impl Prober {
+    fn new(opts: &EvalOptions) -> Self {
+        Prober {
+            folds: opts.folds,
+            l2: opts.l2,
+            seed: opts.seed,
+        }
+    }
+
     /// Logistic probe of categorical `y` (NaN = missing) from `x` on `rows`; `None` when fewer
     /// than `2 k` rows carry the label.
     fn classify(&self, x: &Tensor, y: &[f64], rows: &[usize]) -> Result<Option<Probe>> {
@@ -353,17 +361,27 @@ fn grid_rows(rows: &[Tensor], ncol: i64) -> Tensor {
     Tensor::cat(&padded, 0)
 }
 
-/// Evaluate model `m` on `set` (see the module docs). `set` rows are used as given (select them
-/// first with [`select_balanced`] + [`subset`]).
-pub fn evaluate(
-    m: &dyn CaModel,
-    set: &EvalSet,
-    info: &RunInfo,
-    opts: &EvalOptions,
-) -> Result<Evaluation> {
-    let t0 = Instant::now();
-    let n = set.len();
-    if n == 0 {
+/// The evaluation rows by group.
+struct Rows {
+    background: Vec<usize>,
+    target: Vec<usize>,
+    all: Vec<usize>,
+}
+
+impl Rows {
+    fn of(group: &[i64]) -> Self {
+        let n = group.len();
+        Rows {
+            background: (0..n).filter(|&i| group[i] == 0).collect(),
+            target: (0..n).filter(|&i| group[i] != 0).collect(),
+            all: (0..n).collect(),
+        }
+    }
+}
+
+/// The checks every evaluation makes before any model call.
+fn check_inputs(m: &dyn CaModel, set: &EvalSet, opts: &EvalOptions) -> Result<()> {
+    if set.is_empty() {
         return Err(EvalError::Invalid(
             "the evaluation split is empty: nothing to evaluate".into(),
         ));
@@ -385,57 +403,54 @@ pub fn evaluate(
             opts.folds
         )));
     }
-    let bs = opts.batch_size.max(1);
-    // Loaded first, so that broken weights fail before the long part.
-    let inception = match &opts.inception_weights {
-        Some(p) if p.is_file() => Some(metrics::inception::InceptionFeatures::load(p, m.device())?),
-        _ => None,
-    };
-    let group: Vec<i64> = Vec::<i64>::try_from(&set.group).map_err(MetricsError::from)?;
-    let bg_rows: Vec<usize> = (0..n).filter(|&i| group[i] == 0).collect();
-    let tg_rows: Vec<usize> = (0..n).filter(|&i| group[i] != 0).collect();
-    let all_rows: Vec<usize> = (0..n).collect();
-    let (nb, nt) = (bg_rows.len() as i64, tg_rows.len() as i64);
-    let _guard = tch::no_grad_guard();
+    Ok(())
+}
 
-    let x = ca_data::loader::u8_to_unit(&set.images);
-    let codes = encode_all(m, &x, bs);
-    let prober = Prober {
-        folds: opts.folds,
-        l2: opts.l2,
-        seed: opts.seed,
-    };
-
-    // Separation probes.
-    let salient_cols: Vec<&ca_data::LabelColumn> = match &opts.salient_labels {
-        Some(names) => {
-            let mut v = Vec::new();
-            for name in names {
-                let col = set.labels.iter().find(|c| &c.name == name).ok_or_else(|| {
-                    EvalError::Invalid(format!(
-                        "--salient-labels: no label column `{name}` (columns: {})",
-                        set.labels
-                            .iter()
-                            .map(|c| c.name.as_str())
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    ))
-                })?;
-                if col.kind != LabelKind::Categorical {
-                    return Err(EvalError::Invalid(format!(
-                        "--salient-labels: column `{name}` is continuous; salient probes need a categorical label"
-                    )));
-                }
-                v.push(col);
-            }
-            v
-        }
-        None => set
+/// The label columns probed as salient: `opts.salient_labels` (each must exist and be
+/// categorical) or every categorical column of salient scope.
+fn salient_columns<'a>(
+    set: &'a EvalSet,
+    opts: &EvalOptions,
+) -> Result<Vec<&'a ca_data::LabelColumn>> {
+    let Some(names) = &opts.salient_labels else {
+        return Ok(set
             .labels
             .iter()
             .filter(|c| c.kind == LabelKind::Categorical && c.scope == LabelScope::Salient)
-            .collect(),
+            .collect());
     };
+    let mut v = Vec::new();
+    for name in names {
+        let col = set.labels.iter().find(|c| &c.name == name).ok_or_else(|| {
+            EvalError::Invalid(format!(
+                "--salient-labels: no label column `{name}` (columns: {})",
+                set.labels
+                    .iter()
+                    .map(|c| c.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))
+        })?;
+        if col.kind != LabelKind::Categorical {
+            return Err(EvalError::Invalid(format!(
+                "--salient-labels: column `{name}` is continuous; salient probes need a categorical label"
+            )));
+        }
+        v.push(col);
+    }
+    Ok(v)
+}
+
+/// The separation probes of `codes` (rows of `set`).
+fn separation_probes(
+    set: &EvalSet,
+    codes: &CaCode,
+    group: &[i64],
+    rows: &Rows,
+    prober: &Prober,
+    opts: &EvalOptions,
+) -> Result<Separation> {
+    let salient_cols = salient_columns(set, opts)?;
     let common_col = set
         .labels
         .iter()
@@ -443,35 +458,135 @@ pub fn evaluate(
     let group_f: Vec<f64> = group.iter().map(|&g| g as f64).collect();
     let (salient_from_s, salient_from_z) = match salient_cols.first() {
         Some(c) => (
-            prober.classify(&codes.s, &c.values, &tg_rows)?,
-            prober.classify(&codes.z, &c.values, &tg_rows)?,
+            prober.classify(&codes.s, &c.values, &rows.target)?,
+            prober.classify(&codes.z, &c.values, &rows.target)?,
         ),
         None => (None, None),
     };
     let (common_from_z, common_from_s) = match common_col {
         Some(c) => (
-            prober.classify(&codes.z, &c.values, &all_rows)?,
-            prober.classify(&codes.s, &c.values, &all_rows)?,
+            prober.classify(&codes.z, &c.values, &rows.all)?,
+            prober.classify(&codes.s, &c.values, &rows.all)?,
         ),
         None => (None, None),
     };
-    let separation = Separation {
+    Ok(Separation {
         salient_from_s,
         salient_from_z,
-        dataset_from_z: prober.classify(&codes.z, &group_f, &all_rows)?,
-        dataset_from_s: prober.classify(&codes.s, &group_f, &all_rows)?,
+        dataset_from_z: prober.classify(&codes.z, &group_f, &rows.all)?,
+        dataset_from_s: prober.classify(&codes.s, &group_f, &rows.all)?,
         common_from_z,
         common_from_s,
         salient_label: salient_cols.first().map(|c| c.name.clone()),
         common_label: common_col.map(|c| c.name.clone()),
+    })
+}
+
+/// The probe matrix: every label column from `z` and from `s` (salient-scope labels on the
+/// target rows, the others on all rows).
+fn probe_matrix(
+    set: &EvalSet,
+    codes: &CaCode,
+    rows: &Rows,
+    prober: &Prober,
+) -> Result<ProbeMatrix> {
+    let mut matrix: ProbeMatrix = BTreeMap::new();
+    for (name, lat) in [("z", &codes.z), ("s", &codes.s)] {
+        let mut row = BTreeMap::new();
+        for col in &set.labels {
+            let on = if col.scope == LabelScope::Salient {
+                &rows.target
+            } else {
+                &rows.all
+            };
+            let entry = match col.kind {
+                LabelKind::Categorical => prober
+                    .classify(lat, &col.values, on)?
+                    .map(ProbeEntry::Classifier),
+                LabelKind::Continuous => prober.regress(lat, &col.values, on)?,
+            };
+            if let Some(e) = entry {
+                row.insert(col.name.clone(), e);
+            }
+        }
+        matrix.insert(name.to_string(), row);
+    }
+    Ok(matrix)
+}
+
+/// The separation probes and the probe matrix of `m` on `set` only: one encoder pass and the
+/// probes, no decoding (seconds where [`evaluate`] takes minutes). The numbers are the same as
+/// [`evaluate`]'s for the same set and options.
+pub fn evaluate_separation(
+    m: &dyn CaModel,
+    set: &EvalSet,
+    info: &RunInfo,
+    opts: &EvalOptions,
+) -> Result<SeparationReport> {
+    let t0 = Instant::now();
+    check_inputs(m, set, opts)?;
+    let group: Vec<i64> = Vec::<i64>::try_from(&set.group).map_err(MetricsError::from)?;
+    let rows = Rows::of(&group);
+    let _guard = tch::no_grad_guard();
+    let x = ca_data::loader::u8_to_unit(&set.images);
+    let codes = encode_all(m, &x, opts.batch_size.max(1));
+    let prober = Prober::new(opts);
+    let separation = separation_probes(set, &codes, &group, &rows, &prober, opts)?;
+    let probe_matrix = probe_matrix(set, &codes, &rows, &prober)?;
+    Ok(SeparationReport {
+        model: info.model.clone(),
+        dataset: info.dataset.clone(),
+        steps: info.steps,
+        wall_clock_s: info.wall_clock_s,
+        separation,
+        probe_matrix,
+        eval: EvalInfo {
+            n_images: set.len(),
+            n_background: rows.background.len(),
+            n_target: rows.target.len(),
+            split: info.split.clone(),
+            folds: opts.folds,
+            l2: opts.l2,
+            seed: opts.seed,
+            seconds: t0.elapsed().as_secs_f64(),
+        },
+    })
+}
+
+/// Evaluate model `m` on `set` (see the module docs). `set` rows are used as given (select them
+/// first with [`select_balanced`] + [`subset`]).
+pub fn evaluate(
+    m: &dyn CaModel,
+    set: &EvalSet,
+    info: &RunInfo,
+    opts: &EvalOptions,
+) -> Result<Evaluation> {
+    let t0 = Instant::now();
+    let n = set.len();
+    check_inputs(m, set, opts)?;
+    let bs = opts.batch_size.max(1);
+    // Loaded first, so that broken weights fail before the long part.
+    let inception = match &opts.inception_weights {
+        Some(p) if p.is_file() => Some(metrics::inception::InceptionFeatures::load(p, m.device())?),
+        _ => None,
     };
+    let group: Vec<i64> = Vec::<i64>::try_from(&set.group).map_err(MetricsError::from)?;
+    let rows = Rows::of(&group);
+    let (bg_rows, tg_rows) = (&rows.background, &rows.target);
+    let (nb, nt) = (bg_rows.len() as i64, tg_rows.len() as i64);
+    let _guard = tch::no_grad_guard();
+
+    let x = ca_data::loader::u8_to_unit(&set.images);
+    let codes = encode_all(m, &x, bs);
+    let prober = Prober::new(opts);
+    let separation = separation_probes(set, &codes, &group, &rows, &prober, opts)?;
 
     // Reconstruction, counterparts.
     let is_target = Tensor::from_slice(&group).ne(0);
     let own_grouped = model::group_code(&codes, &is_target);
     let rec = render_all(m, &x, &own_grouped, bs);
-    let bg_t = rows_tensor(&bg_rows);
-    let tg_t = rows_tensor(&tg_rows);
+    let bg_t = rows_tensor(bg_rows);
+    let tg_t = rows_tensor(tg_rows);
     let x_bg = x.index_select(0, &bg_t);
     let x_t = x.index_select(0, &tg_t);
     let reconstruction = Reconstruction {
@@ -516,27 +631,7 @@ pub fn evaluate(
             } else {
                 0.5 * (swap_target_rate + counterpart_background_rate)
             };
-            let mut probe_matrix: ProbeMatrix = BTreeMap::new();
-            for (name, lat) in [("z", &codes.z), ("s", &codes.s)] {
-                let mut row = BTreeMap::new();
-                for col in &set.labels {
-                    let rows = if col.scope == LabelScope::Salient {
-                        &tg_rows
-                    } else {
-                        &all_rows
-                    };
-                    let entry = match col.kind {
-                        LabelKind::Categorical => prober
-                            .classify(lat, &col.values, rows)?
-                            .map(ProbeEntry::Classifier),
-                        LabelKind::Continuous => prober.regress(lat, &col.values, rows)?,
-                    };
-                    if let Some(e) = entry {
-                        row.insert(col.name.clone(), e);
-                    }
-                }
-                probe_matrix.insert(name.to_string(), row);
-            }
+            let probe_matrix = probe_matrix(set, &codes, &rows, &prober)?;
             Some(GroundTruth {
                 counterfactual,
                 saliency_iou: sal.iou,
@@ -569,7 +664,7 @@ pub fn evaluate(
     };
     let (fid, kid, fid_images) = match &inception {
         Some(net) if n >= 2 => {
-            let (real, fake) = fid_subset(&x, &gen_bg, &gen_t, &bg_rows, &tg_rows, opts.fid_images);
+            let (real, fake) = fid_subset(&x, &gen_bg, &gen_t, bg_rows, tg_rows, opts.fid_images);
             let k = real.size()[0];
             tracing::info!("FID/KID: Inception features of {k} real and {k} generated images");
             let fr = net.features(&real, bs)?;
@@ -1064,6 +1159,36 @@ mod tests {
             (gt.counterfactual.counterfactual_psnr_db - gt.counterfactual.identity_psnr_db).abs()
                 < 1e-9
         );
+    }
+
+    #[test]
+    fn separation_only_matches_the_full_evaluation_and_keeps_files() {
+        let set = small_set();
+        let oracle = LookupModel::new(&set, false);
+        let full = evaluate(&oracle, &set, &info(), &options()).unwrap();
+        let quick = evaluate_separation(&oracle, &set, &info(), &options()).unwrap();
+        assert_eq!(quick.separation, full.metrics.separation);
+        assert_eq!(
+            quick.probe_matrix,
+            full.metrics.ground_truth.as_ref().unwrap().probe_matrix
+        );
+        assert_eq!((quick.eval.n_background, quick.eval.n_target), (60, 60));
+        assert_eq!(quick.steps, 7);
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = report::write_separation(dir.path(), &quick, false).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(text, serde_json::to_string_pretty(&quick).unwrap() + "\n");
+        // It reads back (serde_json's default float parsing may move the last bit).
+        let back: SeparationReport = serde_json::from_str(&text).unwrap();
+        let acc = |r: &SeparationReport| r.separation.salient_from_s.unwrap().accuracy;
+        assert!((acc(&back) - acc(&quick)).abs() < 1e-12);
+        assert_eq!(back.probe_matrix.len(), 2);
+        // A second quick check needs --force; the full evaluation is not blocked by it.
+        let err = report::write_separation(dir.path(), &quick, false).unwrap_err();
+        assert!(err.to_string().contains("--force"), "{err}");
+        report::write_separation(dir.path(), &quick, true).unwrap();
+        report::prepare_eval_dir(dir.path(), false).unwrap();
     }
 
     #[test]

@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use super::schema::{Metrics, Probe, ProbeEntry};
+use super::schema::{Metrics, Probe, ProbeEntry, SeparationReport};
 use super::{EvalError, Evaluation, Result};
 
 /// The files `ca eval` writes besides the grid PNGs.
@@ -18,13 +18,19 @@ fn io<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> 
     }
 }
 
-/// The evaluation folder of a run, `RUN/eval/`, created if absent. An existing non-empty folder
-/// is refused unless `force` (then only the files the evaluation writes are overwritten).
+/// The evaluation folder of a run, `RUN/eval/`, created if absent. An existing folder with files
+/// other than `separation.json` is refused unless `force` (then only the files the evaluation
+/// writes are overwritten).
 pub fn prepare_eval_dir(run_dir: &Path, force: bool) -> Result<PathBuf> {
     let dir = run_dir.join("eval");
     if dir.exists() && !force {
-        let mut entries = std::fs::read_dir(&dir).map_err(io("cannot read", &dir))?;
-        if entries.next().is_some() {
+        let entries = std::fs::read_dir(&dir).map_err(io("cannot read", &dir))?;
+        // `separation.json` of `ca eval --separation-only` is not this evaluation's file: a
+        // quick check first does not block the full evaluation.
+        let mut others = entries
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name() != "separation.json");
+        if others.next().is_some() {
             return Err(EvalError::Invalid(format!(
                 "'{}' exists and is not empty; refusing to overwrite a previous evaluation. Pass --force to overwrite the files ca eval writes there (other files are kept)",
                 dir.display()
@@ -33,6 +39,26 @@ pub fn prepare_eval_dir(run_dir: &Path, force: bool) -> Result<PathBuf> {
     }
     std::fs::create_dir_all(&dir).map_err(io("cannot create", &dir))?;
     Ok(dir)
+}
+
+/// Write `report` to `RUN/eval/separation.json` and return its path. An existing
+/// `separation.json` is replaced only with `force` (the rest of `RUN/eval/` is never touched).
+pub fn write_separation(run_dir: &Path, report: &SeparationReport, force: bool) -> Result<PathBuf> {
+    let dir = run_dir.join("eval");
+    let path = dir.join("separation.json");
+    if path.exists() && !force {
+        return Err(EvalError::Invalid(format!(
+            "'{}' exists; refusing to overwrite a previous evaluation. Pass --force to replace it",
+            path.display()
+        )));
+    }
+    std::fs::create_dir_all(&dir).map_err(io("cannot create", &dir))?;
+    let json = serde_json::to_string_pretty(report).map_err(|source| EvalError::Json {
+        path: path.clone(),
+        source,
+    })?;
+    std::fs::write(&path, json + "\n").map_err(io("cannot write", &path))?;
+    Ok(path)
 }
 
 /// Read `RUN/eval/metrics.json` of another run (a missing file is an error naming it).

@@ -23,6 +23,9 @@
 //!             "folds": int, "l2": f, "seed": int, "seconds": f } }
 //! ```
 //!
+//! `ca eval --separation-only` writes `separation.json` instead ([`SeparationReport`]): `model`,
+//! `dataset`, `steps`, `wall_clock_s`, `separation`, `probe_matrix` and `eval` as above.
+//!
 //! `ENTRY` is `{"accuracy", "std", "chance"}` for a categorical factor (logistic probe) or
 //! `{"r2", "std"}` for a continuous one (ridge probe). The keys of DESIGN.md / issue #5 are always
 //! present; the extra keys (`salient_label`, `saliency_threshold`, `eval`, ...) are additions and
@@ -66,6 +69,28 @@ pub struct Metrics {
     /// Evaluation settings and size (an addition to the issue #5 schema).
     #[serde(default)]
     pub eval: Option<EvalInfo>,
+}
+
+/// The `separation.json` file written by `ca eval --separation-only`: the separation probes and
+/// the probe matrix of [`Metrics`] (same definitions, same numbers for the same images and
+/// options) without the metrics that decode images.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SeparationReport {
+    /// Model family.
+    pub model: String,
+    /// Dataset description.
+    pub dataset: String,
+    /// Training steps of the evaluated checkpoint.
+    pub steps: u64,
+    /// Training wall clock of the evaluated checkpoint, seconds.
+    pub wall_clock_s: f64,
+    /// Separation probes.
+    pub separation: Separation,
+    /// Every label column from `z` and from `s` (as [`GroundTruth::probe_matrix`], here also for
+    /// data without counterparts and masks).
+    pub probe_matrix: ProbeMatrix,
+    /// Evaluation settings and size.
+    pub eval: EvalInfo,
 }
 
 /// A cross-validated classification probe: mean accuracy over folds, its population std, and the
