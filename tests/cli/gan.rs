@@ -157,14 +157,17 @@ fn tiny_gan_run_trains_resumes_exactly_and_serves_every_verb() {
     );
 
     // Evaluation on the exported images (never trained on): metrics.json in the schema, reports.
-    ok(ca()
-        .arg("eval")
-        .arg("--run")
-        .arg(&full)
-        .arg("--data")
-        .arg(&data)
-        .arg("--all-images")
-        .args(["--device", "cpu"]));
+    let eval_export = || {
+        let mut c = ca();
+        c.arg("eval")
+            .arg("--run")
+            .arg(&full)
+            .arg("--data")
+            .arg(&data)
+            .args(["--all-images", "--device", "cpu"]);
+        c
+    };
+    ok(&mut eval_export());
     let m: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(full.join("eval/metrics.json")).unwrap())
             .unwrap();
@@ -196,24 +199,11 @@ fn tiny_gan_run_trains_resumes_exactly_and_serves_every_verb() {
         "no Inception weights: FID must be null"
     );
     assert!(full.join("eval/report.md").exists() && full.join("eval/report.html").exists());
-    let e = err(ca()
-        .arg("eval")
-        .arg("--run")
-        .arg(&full)
-        .arg("--data")
-        .arg(&data)
-        .arg("--all-images"));
+    let e = err(&mut eval_export());
     assert!(e.contains("--force"), "{e}");
 
     // The quick check: the same separation numbers as the full evaluation, in its own file.
-    ok(ca()
-        .arg("eval")
-        .arg("--run")
-        .arg(&full)
-        .arg("--data")
-        .arg(&data)
-        .arg("--all-images")
-        .args(["--separation-only", "--device", "cpu"]));
+    ok(eval_export().arg("--separation-only"));
     let q: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(full.join("eval/separation.json")).unwrap())
             .unwrap();
