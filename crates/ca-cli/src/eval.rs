@@ -72,8 +72,10 @@ pub fn eval(a: &EvalArgs) -> anyhow::Result<()> {
             report::read_metrics(dir).with_context(|| format!("--compare '{}'", dir.display()))?;
         compare.push((run_name(dir), metrics));
     }
+    // Refused before the long part: an earlier evaluation is only overwritten with --force.
+    // `out`: the separation.json path with --separation-only, else the RUN/eval/ folder.
     let out = if a.separation_only {
-        a.run.join("eval")
+        report::prepare_separation_file(&a.run, a.force)?
     } else {
         report::prepare_eval_dir(&a.run, a.force)?
     };
@@ -136,11 +138,11 @@ pub fn eval(a: &EvalArgs) -> anyhow::Result<()> {
     );
     if a.separation_only {
         let rep = eval::evaluate_separation(m.as_ref(), &set, &info, &opts)?;
-        let path = report::write_separation(&a.run, &rep, a.force)?;
+        report::write_separation(&out, &rep)?;
         print_separation(&rep.separation);
         println!(
             "wrote {} ({} images, {:.1} s)",
-            path.display(),
+            out.display(),
             set.len(),
             t0.elapsed().as_secs_f64()
         );

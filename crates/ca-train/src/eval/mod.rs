@@ -540,17 +540,22 @@ pub fn evaluate_separation(
         wall_clock_s: info.wall_clock_s,
         separation,
         probe_matrix,
-        eval: EvalInfo {
-            n_images: set.len(),
-            n_background: rows.background.len(),
-            n_target: rows.target.len(),
-            split: info.split.clone(),
-            folds: opts.folds,
-            l2: opts.l2,
-            seed: opts.seed,
-            seconds: t0.elapsed().as_secs_f64(),
-        },
+        eval: eval_info(&rows, info, opts, t0),
     })
+}
+
+/// How the evaluation of `rows` was run, timed from `t0`.
+fn eval_info(rows: &Rows, info: &RunInfo, opts: &EvalOptions, t0: Instant) -> EvalInfo {
+    EvalInfo {
+        n_images: rows.all.len(),
+        n_background: rows.background.len(),
+        n_target: rows.target.len(),
+        split: info.split.clone(),
+        folds: opts.folds,
+        l2: opts.l2,
+        seed: opts.seed,
+        seconds: t0.elapsed().as_secs_f64(),
+    }
 }
 
 /// Evaluate model `m` on `set` (see the module docs). `set` rows are used as given (select them
@@ -710,16 +715,7 @@ pub fn evaluate(
         ground_truth,
         reconstruction,
         quality,
-        eval: Some(EvalInfo {
-            n_images: n,
-            n_background: nb as usize,
-            n_target: nt as usize,
-            split: info.split.clone(),
-            folds: opts.folds,
-            l2: opts.l2,
-            seed: opts.seed,
-            seconds: t0.elapsed().as_secs_f64(),
-        }),
+        eval: Some(eval_info(&rows, info, opts, t0)),
     };
     Ok(Evaluation { metrics, grids })
 }
@@ -1176,7 +1172,8 @@ mod tests {
         assert_eq!(quick.steps, 7);
 
         let dir = tempfile::tempdir().unwrap();
-        let path = report::write_separation(dir.path(), &quick, false).unwrap();
+        let path = report::prepare_separation_file(dir.path(), false).unwrap();
+        report::write_separation(&path, &quick).unwrap();
         let text = std::fs::read_to_string(&path).unwrap();
         assert_eq!(text, serde_json::to_string_pretty(&quick).unwrap() + "\n");
         // It reads back (serde_json's default float parsing may move the last bit).
@@ -1185,9 +1182,9 @@ mod tests {
         assert!((acc(&back) - acc(&quick)).abs() < 1e-12);
         assert_eq!(back.probe_matrix.len(), 2);
         // A second quick check needs --force; the full evaluation is not blocked by it.
-        let err = report::write_separation(dir.path(), &quick, false).unwrap_err();
+        let err = report::prepare_separation_file(dir.path(), false).unwrap_err();
         assert!(err.to_string().contains("--force"), "{err}");
-        report::write_separation(dir.path(), &quick, true).unwrap();
+        report::prepare_separation_file(dir.path(), true).unwrap();
         report::prepare_eval_dir(dir.path(), false).unwrap();
     }
 

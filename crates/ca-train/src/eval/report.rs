@@ -29,7 +29,7 @@ pub fn prepare_eval_dir(run_dir: &Path, force: bool) -> Result<PathBuf> {
         // quick check first does not block the full evaluation.
         let mut others = entries
             .filter_map(|e| e.ok())
-            .filter(|e| e.file_name() != "separation.json");
+            .filter(|e| e.file_name() != SEPARATION_FILE);
         if others.next().is_some() {
             return Err(EvalError::Invalid(format!(
                 "'{}' exists and is not empty; refusing to overwrite a previous evaluation. Pass --force to overwrite the files ca eval writes there (other files are kept)",
@@ -41,11 +41,15 @@ pub fn prepare_eval_dir(run_dir: &Path, force: bool) -> Result<PathBuf> {
     Ok(dir)
 }
 
-/// Write `report` to `RUN/eval/separation.json` and return its path. An existing
-/// `separation.json` is replaced only with `force` (the rest of `RUN/eval/` is never touched).
-pub fn write_separation(run_dir: &Path, report: &SeparationReport, force: bool) -> Result<PathBuf> {
+/// The file `ca eval --separation-only` writes into `RUN/eval/`.
+pub const SEPARATION_FILE: &str = "separation.json";
+
+/// The path of `RUN/eval/separation.json`, its folder created if absent. An existing file is
+/// refused unless `force`; called before the probes, so a refusal costs no work. The rest of
+/// `RUN/eval/` is never touched.
+pub fn prepare_separation_file(run_dir: &Path, force: bool) -> Result<PathBuf> {
     let dir = run_dir.join("eval");
-    let path = dir.join("separation.json");
+    let path = dir.join(SEPARATION_FILE);
     if path.exists() && !force {
         return Err(EvalError::Invalid(format!(
             "'{}' exists; refusing to overwrite a previous evaluation. Pass --force to replace it",
@@ -53,12 +57,21 @@ pub fn write_separation(run_dir: &Path, report: &SeparationReport, force: bool) 
         )));
     }
     std::fs::create_dir_all(&dir).map_err(io("cannot create", &dir))?;
-    let json = serde_json::to_string_pretty(report).map_err(|source| EvalError::Json {
-        path: path.clone(),
+    Ok(path)
+}
+
+/// Write `report` to `path` (from [`prepare_separation_file`]).
+pub fn write_separation(path: &Path, report: &SeparationReport) -> Result<()> {
+    write_json(path, report)
+}
+
+/// `value` as pretty JSON with a final newline.
+fn write_json<T: serde::Serialize>(path: &Path, value: &T) -> Result<()> {
+    let json = serde_json::to_string_pretty(value).map_err(|source| EvalError::Json {
+        path: path.to_path_buf(),
         source,
     })?;
-    std::fs::write(&path, json + "\n").map_err(io("cannot write", &path))?;
-    Ok(path)
+    std::fs::write(path, json + "\n").map_err(io("cannot write", path))
 }
 
 /// Read `RUN/eval/metrics.json` of another run (a missing file is an error naming it).
@@ -85,12 +98,8 @@ pub fn write_eval(
     compare: &[(String, Metrics)],
 ) -> Result<Vec<PathBuf>> {
     let mut written = Vec::new();
-    let json = serde_json::to_string_pretty(&ev.metrics).map_err(|source| EvalError::Json {
-        path: dir.join("metrics.json"),
-        source,
-    })?;
     let p = dir.join("metrics.json");
-    std::fs::write(&p, json + "\n").map_err(io("cannot write", &p))?;
+    write_json(&p, &ev.metrics)?;
     written.push(p);
     let mut figures = Vec::new();
     for g in &ev.grids {
