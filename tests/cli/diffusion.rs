@@ -109,7 +109,7 @@ fn tiny_diffusion_run_trains_resumes_and_inverts() {
 
     // Load through the library; reconstruct real images by DDIM inversion + decoding.
     tch::set_num_threads(1);
-    let (cfg, model, meta) = ca_train::run::load_run(&full, Device::Cpu).unwrap();
+    let (cfg, model, meta) = ca_train::run::load_run(&full, Device::Cpu, None).unwrap();
     assert_eq!(meta.step, 6);
     assert_eq!(model.family(), "diffusion");
     let ds = cfg.data.open().unwrap();

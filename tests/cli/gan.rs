@@ -51,7 +51,7 @@ fn tiny_gan_run_trains_resumes_exactly_and_serves_every_verb() {
 
     // Save -> load gives bit-identical outputs: the final sample grid was drawn by the
     // in-memory EMA generator; the loaded model redraws it.
-    let (cfg, model, _) = ca_train::run::load_run(&full, tch::Device::Cpu).unwrap();
+    let (cfg, model, _) = ca_train::run::load_run(&full, tch::Device::Cpu, None).unwrap();
     let (dz, ds) = cfg.model.dims();
     let codes = ca_train::run::fixed_grid_codes(dz, ds, cfg.train.seed, tch::Device::Cpu);
     let x = model.decode(&codes, 0);
@@ -209,6 +209,20 @@ fn tiny_gan_run_trains_resumes_exactly_and_serves_every_verb() {
             .unwrap();
     assert_eq!(q["separation"], m["separation"]);
     assert_eq!(q["probe_matrix"], gt["probe_matrix"]);
+    assert_eq!(q["steps"], 6);
+
+    // An earlier checkpoint, by step: its own folder, its step recorded, RUN/eval/ untouched.
+    ok(eval_export().args(["--separation-only", "--checkpoint", "3"]));
+    let c: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(full.join("eval-ckpt-0000003/separation.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(c["steps"], 3);
+    let e = err(eval_export().args(["--separation-only", "--checkpoint", "4"]));
+    assert!(
+        e.contains("no checkpoint '4'") && e.contains("it has: ckpt-0000003, ckpt-0000006"),
+        "{e}"
+    );
 }
 
 fn image_pixels(p: &Path) -> Vec<u8> {

@@ -47,7 +47,7 @@ pub fn load(
     device: &str,
 ) -> anyhow::Result<(ca_train::config::RunConfig, Box<dyn CaModel>)> {
     let device = parse_device(device)?;
-    let (cfg, m, meta) = run::load_run(run_dir, device)
+    let (cfg, m, meta) = run::load_run(run_dir, device, None)
         .with_context(|| format!("cannot load run '{}'", run_dir.display()))?;
     tracing::info!(
         "loaded {} model of {} at step {}",

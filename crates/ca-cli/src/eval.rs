@@ -55,6 +55,12 @@ pub struct EvalArgs {
     /// seed). Writes RUN/eval/separation.json; metrics.json and the report are left alone.
     #[arg(long, conflicts_with = "compare")]
     separation_only: bool,
+    /// Evaluate this checkpoint instead of the latest: a folder name in RUN/checkpoints/
+    /// (ckpt-0004000) or its step (4000). Written to RUN/eval-ckpt-NNNNNNN/ (the latest's
+    /// RUN/eval/ is left alone); a damaged or unknown checkpoint is an error, never replaced by
+    /// another.
+    #[arg(long, value_name = "NAME|STEP")]
+    checkpoint: Option<String>,
     /// Seed of the probe folds, the domain classifier and the samples.
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -64,7 +70,7 @@ pub struct EvalArgs {
 pub fn eval(a: &EvalArgs) -> anyhow::Result<()> {
     let t0 = Instant::now();
     let device = apply::parse_device(&a.device)?;
-    let (cfg, m, meta) = run::load_run(&a.run, device)
+    let (cfg, m, meta) = run::load_run(&a.run, device, a.checkpoint.as_deref())
         .with_context(|| format!("cannot load run '{}'", a.run.display()))?;
     let mut compare = Vec::new();
     for dir in &a.compare {
@@ -74,10 +80,11 @@ pub fn eval(a: &EvalArgs) -> anyhow::Result<()> {
     }
     // Refused before the long part: an earlier evaluation is only overwritten with --force.
     // `out`: the separation.json path with --separation-only, else the RUN/eval/ folder.
+    let dir = report::eval_dir(&a.run, a.checkpoint.as_ref().map(|_| meta.step));
     let out = if a.separation_only {
-        report::prepare_separation_file(&a.run, a.force)?
+        report::prepare_separation_file(&dir, a.force)?
     } else {
-        report::prepare_eval_dir(&a.run, a.force)?
+        report::prepare_eval_dir(&dir, a.force)?
     };
     let ds = apply::dataset_for(&cfg, a.data.as_deref())?;
     let split = if a.all_images {

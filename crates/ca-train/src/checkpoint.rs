@@ -179,6 +179,18 @@ pub enum CheckpointError {
         /// What is wrong.
         msg: String,
     },
+    /// A checkpoint asked for by name is not in the run.
+    #[error(
+        "run '{run}' has no checkpoint '{name}'; it has: {available} (pass a folder name from checkpoints/ or its step)"
+    )]
+    NotFound {
+        /// The run directory.
+        run: PathBuf,
+        /// The name asked for.
+        name: String,
+        /// The complete checkpoints of the run, comma-separated (or "none").
+        available: String,
+    },
     /// The checkpoint belongs to another model kind or config.
     #[error(
         "checkpoint '{path}' was written by {found}, but this run is {expected}; use the run directory it belongs to"
@@ -393,21 +405,7 @@ pub fn open(
         return Err(first_err.unwrap_or_else(|| CheckpointError::Missing(run_dir.to_path_buf())));
     }
     for dir in candidates {
-        let checked = read_meta(&dir).and_then(|meta| {
-            if meta.model_kind != kind || meta.model_digest != digest {
-                return Err(CheckpointError::Mismatch {
-                    path: dir.clone(),
-                    found: format!(
-                        "a {} model (config digest {})",
-                        meta.model_kind, meta.model_digest
-                    ),
-                    expected: format!("a {kind} model (config digest {digest})"),
-                });
-            }
-            verify(&dir, &meta)?;
-            Ok(meta)
-        });
-        match checked {
+        match check(&dir, kind, digest) {
             Ok(meta) => {
                 if let Some(e) = &first_err {
                     tracing::warn!(
@@ -425,6 +423,60 @@ pub fn open(
         }
     }
     Err(first_err.expect("a candidate failed"))
+}
+
+/// The meta of the checkpoint in `dir` if it belongs to this model (`kind`, config `digest`)
+/// and its files are intact.
+fn check(dir: &Path, kind: &str, digest: &str) -> Result<CheckpointMeta, CheckpointError> {
+    let meta = read_meta(dir)?;
+    if meta.model_kind != kind || meta.model_digest != digest {
+        return Err(CheckpointError::Mismatch {
+            path: dir.to_path_buf(),
+            found: format!(
+                "a {} model (config digest {})",
+                meta.model_kind, meta.model_digest
+            ),
+            expected: format!("a {kind} model (config digest {digest})"),
+        });
+    }
+    verify(dir, &meta)?;
+    Ok(meta)
+}
+
+/// Open one checkpoint of a run by `name`: a folder name in `checkpoints/` (`ckpt-0004000`) or
+/// a step (`4000`). It must belong to this model and be intact; unlike [`open`] there is no
+/// fallback to another checkpoint, and an unknown name is an error that lists the run's
+/// checkpoints ([`CheckpointError::NotFound`]).
+pub fn open_named(
+    run_dir: &Path,
+    name: &str,
+    kind: &str,
+    digest: &str,
+) -> Result<(PathBuf, CheckpointMeta), CheckpointError> {
+    let root = dir_of(run_dir);
+    let names = if root.is_dir() {
+        list(&root)?
+    } else {
+        Vec::new()
+    };
+    let folder = match name.parse::<u64>() {
+        Ok(step) => format!("ckpt-{step:07}"),
+        Err(_) => name.to_string(),
+    };
+    if !names.contains(&folder) {
+        return Err(CheckpointError::NotFound {
+            run: run_dir.to_path_buf(),
+            name: name.to_string(),
+            available: if names.is_empty() {
+                "none".to_string()
+            } else {
+                names.join(", ")
+            },
+        });
+    }
+    let dir = root.join(folder);
+    let meta = check(&dir, kind, digest)?;
+    Ok((dir, meta))
 }
 
 /// Read a checkpoint's meta.json.
@@ -623,6 +675,46 @@ mod tests {
             e.contains("config digest d1") && e.contains("config digest other"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn open_named_finds_a_checkpoint_by_folder_or_step_and_never_falls_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let (old, new) = write_two(dir.path());
+        let (ck, m) = open_named(dir.path(), "ckpt-0000005", "gan", "d1").unwrap();
+        assert_eq!((ck, m.step), (old.clone(), 5));
+        let (ck, m) = open_named(dir.path(), "10", "gan", "d1").unwrap();
+        assert_eq!((ck, m.step), (new.clone(), 10));
+        for bad in ["7", "ckpt-7", "../ckpt-0000005", "latest", ""] {
+            let e = open_named(dir.path(), bad, "gan", "d1")
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains(&format!("no checkpoint '{bad}'"))
+                    && e.contains("it has: ckpt-0000005, ckpt-0000010"),
+                "{e}"
+            );
+        }
+        let e = open_named(dir.path(), "5", "diffusion", "d1")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("written by a gan model"), "{e}");
+        // A damaged named checkpoint is an error, not a silent switch to another one.
+        let f = old.join("model.safetensors");
+        let bytes = std::fs::read(&f).unwrap();
+        std::fs::write(&f, &bytes[..bytes.len() - 3]).unwrap();
+        let e = open_named(dir.path(), "5", "gan", "d1")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("ckpt-0000005") && e.contains("is damaged"),
+            "{e}"
+        );
+        let empty = tempfile::tempdir().unwrap();
+        let e = open_named(empty.path(), "5", "gan", "d1")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("it has: none"), "{e}");
     }
 
     #[test]

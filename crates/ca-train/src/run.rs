@@ -857,10 +857,13 @@ fn write_samples(
     Ok(())
 }
 
-/// Load a trained run for inference: its config and the model of its latest checkpoint.
+/// Load a trained run for inference: its config and the model of its latest checkpoint, or of
+/// the checkpoint named by `checkpoint` (a folder name in `checkpoints/` or a step; see
+/// [`checkpoint::open_named`]).
 pub fn load_run(
     run_dir: &Path,
     device: Device,
+    checkpoint: Option<&str>,
 ) -> Result<(RunConfig, Box<dyn CaModel>, CheckpointMeta), TrainError> {
     let cfg_path = run_dir.join("config.toml");
     if !cfg_path.exists() {
@@ -870,7 +873,11 @@ pub fn load_run(
         ));
     }
     let cfg = RunConfig::load(&cfg_path, &[])?;
-    let (ck, meta) = checkpoint::open(run_dir, cfg.model.family(), &cfg.model_digest())?;
+    let (kind, digest) = (cfg.model.family(), cfg.model_digest());
+    let (ck, meta) = match checkpoint {
+        None => checkpoint::open(run_dir, kind, &digest)?,
+        Some(name) => checkpoint::open_named(run_dir, name, kind, &digest)?,
+    };
     let tensors = checkpoint::read_tensors(&ck, "model")?;
     let file = ck.join("model.safetensors");
     let common = cfg.data.common()?;

@@ -1171,8 +1171,9 @@ mod tests {
         assert_eq!((quick.eval.n_background, quick.eval.n_target), (60, 60));
         assert_eq!(quick.steps, 7);
 
-        let dir = tempfile::tempdir().unwrap();
-        let path = report::prepare_separation_file(dir.path(), false).unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = report::eval_dir(tmp.path(), None);
+        let path = report::prepare_separation_file(&dir, false).unwrap();
         report::write_separation(&path, &quick).unwrap();
         let text = std::fs::read_to_string(&path).unwrap();
         assert_eq!(text, serde_json::to_string_pretty(&quick).unwrap() + "\n");
@@ -1182,10 +1183,10 @@ mod tests {
         assert!((acc(&back) - acc(&quick)).abs() < 1e-12);
         assert_eq!(back.probe_matrix.len(), 2);
         // A second quick check needs --force; the full evaluation is not blocked by it.
-        let err = report::prepare_separation_file(dir.path(), false).unwrap_err();
+        let err = report::prepare_separation_file(&dir, false).unwrap_err();
         assert!(err.to_string().contains("--force"), "{err}");
-        report::prepare_separation_file(dir.path(), true).unwrap();
-        report::prepare_eval_dir(dir.path(), false).unwrap();
+        report::prepare_separation_file(&dir, true).unwrap();
+        report::prepare_eval_dir(&dir, false).unwrap();
     }
 
     #[test]
@@ -1264,7 +1265,7 @@ mod tests {
 
         // Written and read back, compared with itself.
         let tmp = tempfile::tempdir().unwrap();
-        let dir = report::prepare_eval_dir(tmp.path(), false).unwrap();
+        let dir = report::prepare_eval_dir(&report::eval_dir(tmp.path(), None), false).unwrap();
         let other = ev.metrics.clone();
         let files = report::write_eval(&dir, "run", ev, &[("other".into(), other)]).unwrap();
         assert!(files.iter().all(|f| f.exists()));

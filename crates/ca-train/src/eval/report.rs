@@ -18,11 +18,21 @@ fn io<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> 
     }
 }
 
-/// The evaluation folder of a run, `RUN/eval/`, created if absent. An existing folder with files
-/// other than `separation.json` is refused unless `force` (then only the files the evaluation
-/// writes are overwritten).
-pub fn prepare_eval_dir(run_dir: &Path, force: bool) -> Result<PathBuf> {
-    let dir = run_dir.join("eval");
+/// The folder an evaluation of `run_dir` writes to: `RUN/eval/` for the checkpoint the run
+/// serves (its latest), `RUN/eval-ckpt-NNNNNNN/` for one picked by step with `ca eval
+/// --checkpoint`, so an earlier checkpoint's numbers never mix with the latest's.
+pub fn eval_dir(run_dir: &Path, checkpoint_step: Option<u64>) -> PathBuf {
+    match checkpoint_step {
+        None => run_dir.join("eval"),
+        Some(step) => run_dir.join(format!("eval-ckpt-{step:07}")),
+    }
+}
+
+/// The evaluation folder `dir` (from [`eval_dir`]), created if absent. An existing folder with
+/// files other than `separation.json` is refused unless `force` (then only the files the
+/// evaluation writes are overwritten).
+pub fn prepare_eval_dir(dir: &Path, force: bool) -> Result<PathBuf> {
+    let dir = dir.to_path_buf();
     if dir.exists() && !force {
         let entries = std::fs::read_dir(&dir).map_err(io("cannot read", &dir))?;
         // `separation.json` of `ca eval --separation-only` is not this evaluation's file: a
@@ -44,11 +54,10 @@ pub fn prepare_eval_dir(run_dir: &Path, force: bool) -> Result<PathBuf> {
 /// The file `ca eval --separation-only` writes into `RUN/eval/`.
 pub const SEPARATION_FILE: &str = "separation.json";
 
-/// The path of `RUN/eval/separation.json`, its folder created if absent. An existing file is
-/// refused unless `force`; called before the probes, so a refusal costs no work. The rest of
-/// `RUN/eval/` is never touched.
-pub fn prepare_separation_file(run_dir: &Path, force: bool) -> Result<PathBuf> {
-    let dir = run_dir.join("eval");
+/// The path of `separation.json` in the evaluation folder `dir` (from [`eval_dir`]), the folder
+/// created if absent. An existing file is refused unless `force`; called before the probes, so a
+/// refusal costs no work. The rest of the folder is never touched.
+pub fn prepare_separation_file(dir: &Path, force: bool) -> Result<PathBuf> {
     let path = dir.join(SEPARATION_FILE);
     if path.exists() && !force {
         return Err(EvalError::Invalid(format!(
@@ -56,7 +65,7 @@ pub fn prepare_separation_file(run_dir: &Path, force: bool) -> Result<PathBuf> {
             path.display()
         )));
     }
-    std::fs::create_dir_all(&dir).map_err(io("cannot create", &dir))?;
+    std::fs::create_dir_all(dir).map_err(io("cannot create", dir))?;
     Ok(path)
 }
 
@@ -454,14 +463,20 @@ mod tests {
     #[test]
     fn eval_dir_is_never_overwritten_silently() {
         let tmp = tempfile::tempdir().unwrap();
-        let dir = prepare_eval_dir(tmp.path(), false).unwrap();
+        let latest = eval_dir(tmp.path(), None);
+        let dir = prepare_eval_dir(&latest, false).unwrap();
+        assert_eq!(dir, tmp.path().join("eval"));
         // Empty: fine again.
-        prepare_eval_dir(tmp.path(), false).unwrap();
+        prepare_eval_dir(&latest, false).unwrap();
         std::fs::write(dir.join("metrics.json"), "{}").unwrap();
         std::fs::write(dir.join("notes.txt"), "mine").unwrap();
-        let err = prepare_eval_dir(tmp.path(), false).unwrap_err();
+        let err = prepare_eval_dir(&latest, false).unwrap_err();
         assert!(err.to_string().contains("--force"), "{err}");
-        prepare_eval_dir(tmp.path(), true).unwrap();
+        // An earlier checkpoint's evaluation has its own folder.
+        let earlier = eval_dir(tmp.path(), Some(4000));
+        assert_eq!(earlier, tmp.path().join("eval-ckpt-0004000"));
+        prepare_eval_dir(&earlier, false).unwrap();
+        prepare_eval_dir(&latest, true).unwrap();
         assert!(dir.join("notes.txt").exists());
         // A missing comparison file is a clear error.
         let err = read_metrics(&tmp.path().join("nope")).unwrap_err();
