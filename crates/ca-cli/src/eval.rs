@@ -47,12 +47,13 @@ pub struct EvalArgs {
     /// model never trained on (e.g. a separate --data export).
     #[arg(long)]
     all_images: bool,
-    /// Overwrite the files of a previous evaluation in RUN/eval/ (other files are kept).
+    /// Overwrite the files of a previous evaluation in its folder (other files are kept).
     #[arg(long)]
     force: bool,
     /// Only the separation probes and the probe matrix: one encoder pass, no decoding (seconds
     /// instead of minutes; the same numbers as the full evaluation for the same images and
-    /// seed). Writes RUN/eval/separation.json; metrics.json and the report are left alone.
+    /// seed). Writes separation.json into RUN/eval/ (or the --checkpoint folder); metrics.json and
+    /// the report are left alone.
     #[arg(long, conflicts_with = "compare")]
     separation_only: bool,
     /// Evaluate this checkpoint instead of the latest: a folder name in RUN/checkpoints/
@@ -79,7 +80,8 @@ pub fn eval(a: &EvalArgs) -> anyhow::Result<()> {
         compare.push((run_name(dir), metrics));
     }
     // Refused before the long part: an earlier evaluation is only overwritten with --force.
-    // `out`: the separation.json path with --separation-only, else the RUN/eval/ folder.
+    // `out`: the separation.json path with --separation-only, else the evaluation folder
+    // (RUN/eval/, or RUN/eval-ckpt-NNNNNNN/ with --checkpoint).
     let dir = report::eval_dir(&a.run, a.checkpoint.as_ref().map(|_| meta.step));
     let out = if a.separation_only {
         report::prepare_separation_file(&dir, a.force)?

@@ -254,7 +254,7 @@ pub fn write(
 ) -> Result<PathBuf, CheckpointError> {
     let root = dir_of(run_dir);
     std::fs::create_dir_all(&root).map_err(io(&root))?;
-    let name = format!("ckpt-{:07}", meta.step);
+    let name = folder_name(meta.step);
     let final_dir = root.join(&name);
     let tmp_dir = root.join(format!("{name}.tmp"));
     if tmp_dir.exists() {
@@ -300,6 +300,11 @@ pub fn write(
         std::fs::remove_dir_all(&p).map_err(io(&p))?;
     }
     Ok(final_dir)
+}
+
+/// The folder name of the checkpoint at `step` in `checkpoints/`: `ckpt-0004000`.
+pub fn folder_name(step: u64) -> String {
+    format!("ckpt-{step:07}")
 }
 
 /// Complete checkpoint folders, oldest (lowest step) first.
@@ -460,7 +465,7 @@ pub fn open_named(
         Vec::new()
     };
     let folder = match name.parse::<u64>() {
-        Ok(step) => format!("ckpt-{step:07}"),
+        Ok(step) => folder_name(step),
         Err(_) => name.to_string(),
     };
     if !names.contains(&folder) {

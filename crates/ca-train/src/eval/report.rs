@@ -24,7 +24,7 @@ fn io<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> 
 pub fn eval_dir(run_dir: &Path, checkpoint_step: Option<u64>) -> PathBuf {
     match checkpoint_step {
         None => run_dir.join("eval"),
-        Some(step) => run_dir.join(format!("eval-ckpt-{step:07}")),
+        Some(step) => run_dir.join(format!("eval-{}", crate::checkpoint::folder_name(step))),
     }
 }
 
@@ -51,7 +51,7 @@ pub fn prepare_eval_dir(dir: &Path, force: bool) -> Result<PathBuf> {
     Ok(dir)
 }
 
-/// The file `ca eval --separation-only` writes into `RUN/eval/`.
+/// The file `ca eval --separation-only` writes into the evaluation folder ([`eval_dir`]).
 pub const SEPARATION_FILE: &str = "separation.json";
 
 /// The path of `separation.json` in the evaluation folder `dir` (from [`eval_dir`]), the folder
