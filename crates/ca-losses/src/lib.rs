@@ -9,12 +9,14 @@
 //! * [`reconstruction`] — pixel and multi-scale feature-matching reconstruction;
 //! * [`invariance`] — common-code invariance: MMD, gradient reversal;
 //! * [`prior`] — prior matching of encoder codes (batch-moment KL to `N(0, I)`);
-//! * [`diffusion`] — denoising losses (epsilon / v prediction).
+//! * [`diffusion`] — denoising losses (epsilon / v prediction);
+//! * [`contrastive`] — InfoNCE between two views of the same images.
 //!
 //! Siblings: `ca-models`, `ca-data`, `ca-train`, `ca-cli`.
 #![warn(missing_docs)]
 
 pub mod adversarial;
+pub mod contrastive;
 pub mod diffusion;
 pub mod info;
 pub mod invariance;

@@ -185,6 +185,20 @@ pub struct LossConfig {
     /// Use the background convention `s = 0` when decoding real background images. Default
     /// true; the plain-autoencoder baseline sets it false (no dataset signal at all).
     pub salient_masking: bool,
+    /// Diffusion: weight of a contrastive term on the salient code of target images — symmetric
+    /// InfoNCE ([`ca_losses::contrastive::info_nce`]) between the raw `s` of each target image
+    /// and the `s` of a randomly shifted and mirrored copy of it (an extra encoder pass on the
+    /// target rows), other target images of the batch as negatives — so `s` keeps what tells
+    /// target images apart beyond what the denoising loss asks of it (SepCLR's salient term).
+    /// Codes are centred on the batch's mean target code; similarities are cosines with a norm
+    /// floor of 1. Default 0 (off; measured on the synthetic preset in `configs/TRIALS.md`:
+    /// no better on average, and common content entered `s`).
+    pub salient_nce: f64,
+    /// Diffusion: temperature of `salient_nce` (> 0). Default 0.2.
+    pub salient_nce_temperature: f64,
+    /// Diffusion: largest shift, in pixels along each axis, of the `salient_nce` view (border
+    /// pixels repeated; `0`: mirroring only). Default 4.
+    pub salient_nce_shift: u32,
 }
 
 impl Default for LossConfig {
@@ -210,6 +224,9 @@ impl Default for LossConfig {
             salient_warmup_steps: 0,
             denoise: 1.0,
             salient_masking: true,
+            salient_nce: 0.0,
+            salient_nce_temperature: 0.2,
+            salient_nce_shift: 4,
         }
     }
 }
@@ -517,6 +534,7 @@ impl RunConfig {
             ("loss.z_adversary", l.z_adversary),
             ("loss.prior", l.prior),
             ("loss.denoise", l.denoise),
+            ("loss.salient_nce", l.salient_nce),
         ] {
             if !(v >= 0.0 && v.is_finite()) {
                 return Err(bad(
@@ -525,6 +543,13 @@ impl RunConfig {
                     "loss weights must be finite and >= 0",
                 ));
             }
+        }
+        if !(l.salient_nce_temperature > 0.0 && l.salient_nce_temperature.is_finite()) {
+            return Err(bad(
+                "loss.salient_nce_temperature",
+                l.salient_nce_temperature.to_string(),
+                "must be finite and > 0 (typical: 0.1-0.5)",
+            ));
         }
         if l.r1_every == 0 {
             return Err(bad("loss.r1_every", "0".into(), "must be at least 1"));
@@ -610,6 +635,24 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("loss.swap"), "{e}");
+    }
+
+    #[test]
+    fn salient_nce_keys_default_off_and_are_validated() {
+        let c = RunConfig::from_toml(MINIMAL, "t.toml", &[]).unwrap();
+        assert_eq!(c.loss.salient_nce, 0.0);
+        for (set, key) in [
+            (
+                "loss.salient_nce_temperature=0",
+                "loss.salient_nce_temperature",
+            ),
+            ("loss.salient_nce=-1", "loss.salient_nce"),
+        ] {
+            let e = RunConfig::from_toml(MINIMAL, "t.toml", &[set.into()])
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(key), "{set}: {e}");
+        }
     }
 
     #[test]

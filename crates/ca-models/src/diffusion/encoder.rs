@@ -131,6 +131,16 @@ impl SemanticEncoder {
         (CaCode::new(self.z_head.forward(&f), s), f)
     }
 
+    /// The salient code alone, `[B, ds]` (with `separate_salient` the shared trunk and the `z`
+    /// head are not run; otherwise the same as `forward_t(x, train).s`).
+    pub fn salient(&self, x: &Tensor, train: bool) -> Tensor {
+        self.check_input(x);
+        match &self.salient {
+            Some(t) => self.s_head.forward(&t.forward(x, train)),
+            None => self.s_head.forward(&self.trunk.forward(x, train)),
+        }
+    }
+
     /// The `z` head alone on given pooled features (from [`Self::features`]).
     pub fn z_from_features(&self, f: &Tensor) -> Tensor {
         self.z_head.forward(f)
@@ -156,6 +166,28 @@ mod tests {
             let c = enc.forward_t(&x, false);
             assert_eq!(c.z.size(), vec![2, cfg.dz]);
             assert_eq!(c.s.size(), vec![2, cfg.ds]);
+        }
+    }
+
+    /// `salient` gives the same `s` as the full forward pass, with and without a separate stack.
+    #[test]
+    fn salient_alone_matches_forward() {
+        tch::manual_seed(4);
+        for separate in [false, true] {
+            let mut cfg = tiny_config();
+            cfg.encoder.separate_salient = separate;
+            let vs = nn::VarStore::new(Device::Cpu);
+            let geom = ImageGeometry {
+                channels: 3,
+                size: 8,
+            };
+            let enc = SemanticEncoder::new(&vs.root(), &cfg, geom).unwrap();
+            let x = Tensor::rand([3, 3, 8, 8], (Kind::Float, Device::Cpu)) * 2.0 - 1.0;
+            let d = (enc.salient(&x, false) - enc.forward_t(&x, false).s)
+                .abs()
+                .max()
+                .double_value(&[]);
+            assert_eq!(d, 0.0, "separate_salient = {separate}");
         }
     }
 
