@@ -120,26 +120,7 @@ impl Adam {
     /// Clip the global L2 norm of all gradients to `max_norm`; returns the norm before clipping
     /// as a 0-d tensor (no host sync).
     pub fn clip_grad_norm(&mut self, max_norm: f64) -> Tensor {
-        let _guard = tch::no_grad_guard();
-        let grads: Vec<Tensor> = self
-            .params
-            .iter()
-            .map(|(_, p)| p.grad())
-            .filter(|g| g.defined())
-            .collect();
-        if grads.is_empty() {
-            return Tensor::zeros([], (Kind::Float, tch::Device::Cpu));
-        }
-        let sq: Vec<Tensor> = grads
-            .iter()
-            .map(|g| g.pow_tensor_scalar(2).sum(Kind::Float))
-            .collect();
-        let norm = Tensor::stack(&sq, 0).sum(Kind::Float).sqrt();
-        let scale = (max_norm / (&norm + 1e-6)).clamp_max(1.0);
-        for mut g in grads {
-            let _ = g.g_mul_(&scale);
-        }
-        norm
+        self.clip_grad_norm_by_groups(max_norm, &[])
     }
 
     /// Clip the gradient norm of each group of parameters to `max_norm` separately; a group is
