@@ -143,14 +143,9 @@ impl Adam {
                 .filter(|(n, p)| group_of(n) == gi && p.grad().defined())
                 .map(|(_, p)| p.grad())
                 .collect();
-            if grads.is_empty() {
+            let Some(sq) = squared_norm(&grads) else {
                 continue;
-            }
-            let sq: Vec<Tensor> = grads
-                .iter()
-                .map(|g| g.pow_tensor_scalar(2).sum(Kind::Float))
-                .collect();
-            let sq = Tensor::stack(&sq, 0).sum(Kind::Float);
+            };
             let scale = (max_norm / (sq.sqrt() + 1e-6)).clamp_max(1.0);
             for mut g in grads {
                 let _ = g.g_mul_(&scale);
@@ -170,17 +165,16 @@ impl Adam {
         prefixes
             .iter()
             .map(|prefix| {
-                let sq: Vec<Tensor> = self
+                let grads: Vec<Tensor> = self
                     .params
                     .iter()
                     .filter(|(n, p)| n.starts_with(prefix) && p.grad().defined())
-                    .map(|(_, p)| p.grad().pow_tensor_scalar(2).sum(Kind::Float))
+                    .map(|(_, p)| p.grad())
                     .collect();
-                if sq.is_empty() {
-                    Tensor::zeros([], (Kind::Float, tch::Device::Cpu))
-                } else {
-                    Tensor::stack(&sq, 0).sum(Kind::Float).sqrt()
-                }
+                squared_norm(&grads).map_or_else(
+                    || Tensor::zeros([], (Kind::Float, tch::Device::Cpu)),
+                    |sq| sq.sqrt(),
+                )
             })
             .collect()
     }
@@ -225,6 +219,19 @@ impl Adam {
         self.step = step.int64_value(&[]);
         Ok(())
     }
+}
+
+/// Sum of the squares of every element of `grads`, a 0-d float tensor (no host sync); `None`
+/// for no tensors.
+fn squared_norm(grads: &[Tensor]) -> Option<Tensor> {
+    if grads.is_empty() {
+        return None;
+    }
+    let sq: Vec<Tensor> = grads
+        .iter()
+        .map(|g| g.pow_tensor_scalar(2).sum(Kind::Float))
+        .collect();
+    Some(Tensor::stack(&sq, 0).sum(Kind::Float))
 }
 
 #[cfg(test)]
