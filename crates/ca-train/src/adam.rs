@@ -137,12 +137,7 @@ impl Adam {
         };
         let mut total: Vec<Tensor> = Vec::new();
         for gi in 0..=groups.len() {
-            let grads: Vec<Tensor> = self
-                .params
-                .iter()
-                .filter(|(n, p)| group_of(n) == gi && p.grad().defined())
-                .map(|(_, p)| p.grad())
-                .collect();
+            let grads = self.grads_where(|n| group_of(n) == gi);
             let Some(sq) = squared_norm(&grads) else {
                 continue;
             };
@@ -165,17 +160,21 @@ impl Adam {
         prefixes
             .iter()
             .map(|prefix| {
-                let grads: Vec<Tensor> = self
-                    .params
-                    .iter()
-                    .filter(|(n, p)| n.starts_with(prefix) && p.grad().defined())
-                    .map(|(_, p)| p.grad())
-                    .collect();
-                squared_norm(&grads).map_or_else(
+                squared_norm(&self.grads_where(|n| n.starts_with(prefix))).map_or_else(
                     || Tensor::zeros([], (Kind::Float, tch::Device::Cpu)),
                     |sq| sq.sqrt(),
                 )
             })
+            .collect()
+    }
+
+    /// The defined gradients of the parameters whose names `keep` accepts, in parameter order.
+    fn grads_where(&self, keep: impl Fn(&str) -> bool) -> Vec<Tensor> {
+        self.params
+            .iter()
+            .filter(|(n, _)| keep(n))
+            .map(|(_, p)| p.grad())
+            .filter(Tensor::defined)
             .collect()
     }
 
