@@ -79,6 +79,8 @@ fn tiny_diffusion_run_trains_resumes_and_inverts() {
         "class",
         "mmd",
         "z_adversary",
+        "salient_nce",
+        "salient_decorrelation",
         "prior",
     ] {
         assert!(header.iter().any(|h| h == want), "{want} not in {header:?}");

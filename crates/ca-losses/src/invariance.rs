@@ -142,6 +142,57 @@ pub fn standardize_columns(x: &Tensor) -> Tensor {
     (x - mean) / std.clamp_min_tensor(&floor)
 }
 
+/// Mean squared cross-correlation between the columns of a reference code `a` and the columns
+/// of a code `b` over the batch: `mean_{i,j} r_ij²` with
+/// `r_ij = cov(a_i, b_j) / (sd(a_i) · max(sd(b_j), f))`, population statistics, `f = b_std_floor`.
+///
+/// With `f = 0` this is Pearson's correlation: 0 when no column of `b` is linearly related to a
+/// column of `a`, 1 when every pair is perfectly (anti-)correlated, and invariant to the scale of
+/// either code, so it cannot be lowered by shrinking a code. The floor on `b` bounds the gradient,
+/// which for a pure correlation grows as `1 / sd(b_j)`: columns shorter than `f` count with their
+/// covariance scaled by `1 / f`. Measured on the CA-diffusion synthetic preset (seed 0,
+/// `configs/TRIALS.md`): with `f` ~0 the freshly initialised salient code, whose columns are short,
+/// was held by the noise of this term and the dataset head on it stayed at ln 2 for 800 steps —
+/// the same failure, and the same cure, as [`crate::contrastive::info_nce`]'s norm floor. A
+/// constant column of `a` counts as uncorrelated.
+///
+/// In contrastive analysis: with `a` the (detached) common codes and `b` the salient codes of
+/// target images it pushes `s` to carry nothing linearly readable from `z`. SepCLR (Louiset et
+/// al., ICLR 2024) pairs its salient InfoNCE with a term that keeps common information out of the
+/// salient space; this is a linear, decorrelation form of that idea (VICReg's covariance term,
+/// Bardes, Ponce & LeCun, ICLR 2022, applied across two codes instead of within one).
+///
+/// With `N` rows, independent codes still give about `1 / N` (sampling noise), not 0.
+///
+/// # Shapes
+/// * `a`: `[N, p]`, `b`: `[N, q]`, `N >= 2`
+/// * returns a scalar (0-dim) tensor
+///
+/// # Panics
+/// If the inputs are not 2-D with the same `N >= 2`, or `b_std_floor` is negative or not finite.
+pub fn cross_correlation_sq(a: &Tensor, b: &Tensor, b_std_floor: f64) -> Tensor {
+    let (sa, sb) = (a.size(), b.size());
+    assert!(
+        sa.len() == 2 && sb.len() == 2 && sa[0] == sb[0] && sa[0] >= 2,
+        "cross_correlation_sq: expected a [N >= 2, p] and b [N, q], got {sa:?} and {sb:?}"
+    );
+    assert!(
+        b_std_floor >= 0.0 && b_std_floor.is_finite(),
+        "cross_correlation_sq: b_std_floor must be finite and >= 0, got {b_std_floor}"
+    );
+    let n = sa[0] as f64;
+    let centre = |x: &Tensor| {
+        let x = x.to_kind(tch::Kind::Float);
+        let m = x.mean_dim(0, true, tch::Kind::Float);
+        x - m
+    };
+    let (ca, cb) = (centre(a), centre(b));
+    let sd = |c: &Tensor| (c.square().sum_dim_intlist(0, false, None) / n + 1e-12).sqrt();
+    let cov = ca.transpose(0, 1).matmul(&cb) / n;
+    let r = cov / sd(&ca).unsqueeze(1) / sd(&cb).clamp_min(b_std_floor).unsqueeze(0);
+    r.square().mean(tch::Kind::Float)
+}
+
 /// Dataset-confusion loss for an encoder facing a dataset classifier on `z` (the alternative to
 /// [`gradient_reversal`] with alternating updates): binary cross-entropy of the classifier's
 /// logits against the label `½`, `½·softplus(l) + ½·softplus(-l)`, per sample.
@@ -315,5 +366,56 @@ mod tests {
         dataset_confusion(&l).sum(None).backward();
         let g = values(&l.grad());
         assert!(g[0] > 0.0 && g[1] < 0.0, "{g:?}");
+    }
+    #[test]
+    fn cross_correlation_sq_by_hand() {
+        // a = [0, 1, 2] (centred [-1, 0, 1], population variance 2/3).
+        let a = t(&[0.0, 1.0, 2.0]).view([3, 1]);
+        // b's first column is a + 1 (r = 1); its second, [0, 1, 0] (centred [-1/3, 2/3, -1/3]),
+        // has covariance (1/3 + 0 - 1/3) / 3 = 0 with a (r = 0): mean r² = (1 + 0) / 2.
+        let b = t(&[1.0, 0.0, 2.0, 1.0, 3.0, 0.0]).view([3, 2]);
+        let got = scalar(&cross_correlation_sq(&a, &b, 0.0));
+        assert!((got - 0.5).abs() < 1e-6, "{got}");
+        // [2, 0, 1] (centred [1, -1, 0], variance 2/3): cov = (-1 + 0 + 0) / 3 = -1/3,
+        // r = (-1/3) / (2/3) = -1/2, r² = 1/4.
+        let c = t(&[2.0, 0.0, 1.0]).view([3, 1]);
+        let got = scalar(&cross_correlation_sq(&a, &c, 0.0));
+        assert!((got - 0.25).abs() < 1e-6, "{got}");
+        // Without a floor the scale of either code does not matter.
+        let scaled = scalar(&cross_correlation_sq(&(&a * 7.0), &(&c * 0.01), 0.0));
+        assert!((scaled - 0.25).abs() < 1e-5, "{scaled}");
+        // b's sd sqrt(2/3) = 0.816 under a floor of 1: r = (-1/3) / (sqrt(2/3) · 1), r² = 1/6;
+        // a floor below the sd changes nothing; a's scale still does not matter.
+        let floored = scalar(&cross_correlation_sq(&a, &c, 1.0));
+        assert!((floored - 1.0 / 6.0).abs() < 1e-6, "{floored}");
+        let under = scalar(&cross_correlation_sq(&(&a * 0.001), &c, 0.5));
+        assert!((under - 0.25).abs() < 1e-5, "{under}");
+    }
+
+    #[test]
+    fn cross_correlation_sq_descent_decorrelates_b_only() {
+        // A gradient step on b (a detached) lowers the penalty; a is left untouched.
+        let a = t(&[0.0, 1.0, 2.0, 3.0, 0.5, -1.0, 0.2, 0.9]).view([4, 2]);
+        let b = t(&[0.1, 1.1, 1.9, 3.2])
+            .view([4, 1])
+            .set_requires_grad(true);
+        let before = cross_correlation_sq(&a, &b, 0.0);
+        before.backward();
+        let g = b.grad();
+        assert!(values(&g).iter().all(|v| v.is_finite()));
+        let stepped = (&b.detach() - &g * 0.5).detach();
+        let after = scalar(&cross_correlation_sq(&a, &stepped, 0.0));
+        assert!(
+            after < scalar(&before) - 1e-3,
+            "{} -> {after}",
+            scalar(&before)
+        );
+        // A constant column of b (zero variance) gives r = 0 and, with a floor, a finite gradient.
+        let flat =
+            Tensor::ones([4, 1], (tch::Kind::Float, tch::Device::Cpu)).set_requires_grad(true);
+        let p = cross_correlation_sq(&a, &flat, 1.0);
+        assert!(scalar(&p).abs() < 1e-9, "{}", scalar(&p));
+        p.backward();
+        assert!(values(&flat.grad()).iter().all(|v| v.is_finite()));
     }
 }

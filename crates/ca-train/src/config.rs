@@ -199,6 +199,13 @@ pub struct LossConfig {
     /// Diffusion: largest shift, in pixels along each axis, of the `salient_nce` view (border
     /// pixels repeated; `0`: mirroring only). Default 4.
     pub salient_nce_shift: u32,
+    /// Diffusion: weight of a decorrelation term between the codes of target images — the mean
+    /// squared correlation between every column of the (detached) common code `z` and every
+    /// column of the salient code `s` over the batch's target rows, `s` columns shorter than 1
+    /// counted by their covariance ([`ca_losses::invariance::cross_correlation_sq`]), so `s`
+    /// carries nothing linearly readable from `z` (the background colour that `salient_nce`
+    /// lets into `s`, say). Only `s` is moved. Default 0 (off).
+    pub salient_decorrelation: f64,
 }
 
 impl Default for LossConfig {
@@ -227,6 +234,7 @@ impl Default for LossConfig {
             salient_nce: 0.0,
             salient_nce_temperature: 0.2,
             salient_nce_shift: 4,
+            salient_decorrelation: 0.0,
         }
     }
 }
@@ -543,6 +551,7 @@ impl RunConfig {
             ("loss.prior", l.prior),
             ("loss.denoise", l.denoise),
             ("loss.salient_nce", l.salient_nce),
+            ("loss.salient_decorrelation", l.salient_decorrelation),
         ] {
             if !(v >= 0.0 && v.is_finite()) {
                 return Err(bad(
@@ -646,15 +655,20 @@ mod tests {
     }
 
     #[test]
-    fn salient_nce_keys_default_off_and_are_validated() {
+    fn salient_nce_and_decorrelation_keys_default_off_and_are_validated() {
         let c = RunConfig::from_toml(MINIMAL, "t.toml", &[]).unwrap();
         assert_eq!(c.loss.salient_nce, 0.0);
+        assert_eq!(c.loss.salient_decorrelation, 0.0);
         for (set, key) in [
             (
                 "loss.salient_nce_temperature=0",
                 "loss.salient_nce_temperature",
             ),
             ("loss.salient_nce=-1", "loss.salient_nce"),
+            (
+                "loss.salient_decorrelation=-0.5",
+                "loss.salient_decorrelation",
+            ),
         ] {
             let e = RunConfig::from_toml(MINIMAL, "t.toml", &[set.into()])
                 .unwrap_err()

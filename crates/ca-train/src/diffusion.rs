@@ -23,7 +23,9 @@
 //!   dataset classifier on `z` behind gradient reversal (`loss.z_adversary`, Ganin & Lempitsky
 //!   2015, arXiv 1409.7495); optionally (`loss.salient_nce`) **InfoNCE on the salient code**
 //!   of target rows, between each image and a shifted, mirrored copy ([`shift_mirror`]) encoded
-//!   again, the batch's other target rows as negatives (SepCLR's salient term);
+//!   again, the batch's other target rows as negatives (SepCLR's salient term); optionally
+//!   (`loss.salient_decorrelation`) the mean squared correlation between the detached `z` and
+//!   `s` of target rows, so `s` holds nothing linearly readable from `z`;
 //! * one Adam (`optim.lr_g`, `optim.beta1/2`) over UNet + encoder + the two small heads, with
 //!   optional gradient-norm clipping (`optim.grad_clip`, DiffAE: 1; global, or per group of
 //!   parameters with `optim.grad_clip_groups`); EMA copies of the
@@ -82,6 +84,12 @@ pub const DEFAULT_PRIOR_STEPS: usize = 50;
 /// Momentum of the running code statistics that normalise the latent prior (half-life about
 /// 69 steps).
 pub const PRIOR_STATS_MOMENTUM: f64 = 0.99;
+
+/// Floor on the standard deviation of each `s` column in `loss.salient_decorrelation`
+/// ([`invariance::cross_correlation_sq`]): bounds the term's gradient while the codes are short,
+/// as [`SALIENT_NCE_NORM_FLOOR`] does for `salient_nce` (without it, seed 0 of the synthetic
+/// preset kept the dataset head on `s` at ln 2 for 800 steps).
+const DECORRELATION_STD_FLOOR: f64 = 1.0;
 
 /// Norm floor of the `loss.salient_nce` similarities ([`contrastive::info_nce`]): trained
 /// salient codes have norms of ~4 (the synthetic preset, seed 3, all images), so at 1 the term
@@ -508,6 +516,16 @@ impl DiffusionStep {
             .mean(Kind::Float);
             loss += &t * l.salient_nce;
             stats.push(("salient_nce", t.detach()));
+        }
+        if l.salient_decorrelation > 0.0 && n_t >= 2 {
+            // Target rows only: background codes have s = 0 by convention.
+            let t = invariance::cross_correlation_sq(
+                &raw.z.narrow(0, n_bg, n_t).detach(),
+                &raw.s.narrow(0, n_bg, n_t),
+                DECORRELATION_STD_FLOOR,
+            );
+            loss += &t * l.salient_decorrelation;
+            stats.push(("salient_decorrelation", t.detach()));
         }
         drop(region);
 
@@ -948,6 +966,7 @@ mod tests {
             z_adversary: 0.5,
             salient_nce: 0.5,
             salient_nce_shift: 2,
+            salient_decorrelation: 0.5,
             ..Default::default()
         }
     }
@@ -1014,6 +1033,7 @@ mod tests {
             // The loss set the bound was measured with: with salient_nce = 0.5 on these 3 target
             // rows the two runs part ways (the term ended at 0.83 in fp32, 0.004 in bf16).
             st.loss.salient_nce = 0.0;
+            st.loss.salient_decorrelation = 0.0;
             st.nets.load_state(&init, Path::new("init")).unwrap();
             st.autocast = precision;
             let x = batch();
@@ -1139,6 +1159,7 @@ mod tests {
             "mmd",
             "z_adversary",
             "salient_nce",
+            "salient_decorrelation",
             "grad_norm",
             "loss",
             "prior",
