@@ -1014,9 +1014,12 @@ mod tests {
     }
 
     /// bf16 autocast against fp32 over 100 steps from the same weights, batch and draws: the
-    /// denoising and total losses follow the same curve. Measured when written (means over steps
-    /// 80-99, fp32 / bf16): denoise 0.2383 / 0.2404, loss 1.3048 / 1.3168 (0.9%); the bound
-    /// is 5%.
+    /// denoising and total losses follow the same curve. Measured (means over steps 80-99,
+    /// fp32 / bf16): on a Xeon, denoise 0.2383 / 0.2404, loss 1.3048 / 1.3168 (0.9%); on an
+    /// AMD EPYC with AVX512-BF16 (bf16 dot products in hardware), denoise 0.2379 / 0.2553
+    /// (7.3%), the same at the commit that wrote the 5% bound, so the gap is the CPU's bf16
+    /// kernels, not the code. The bound is 12%: a bf16 path that stops training or diverges
+    /// still fails it.
     #[test]
     fn bf16_autocast_tracks_fp32_over_100_steps() {
         // Both runs start from the same weights, copied (building twice from a seed would race
@@ -1049,7 +1052,7 @@ mod tests {
             eprintln!("{term}: fp32 {a:.5}, bf16 {b:.5} (steps 80-99)");
             assert!(a.is_finite() && b.is_finite());
             assert!(
-                (a - b).abs() <= 0.05 * a.abs(),
+                (a - b).abs() <= 0.12 * a.abs(),
                 "{term}: fp32 {a}, bf16 {b} (steps 80-99)"
             );
         }
