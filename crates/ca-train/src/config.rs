@@ -199,12 +199,13 @@ pub struct LossConfig {
     /// Diffusion: largest shift, in pixels along each axis, of the `salient_nce` view (border
     /// pixels repeated; `0`: mirroring only). Default 4.
     pub salient_nce_shift: u32,
-    /// Diffusion: weight of a decorrelation term between the codes of target images — the mean
-    /// squared correlation between every column of the (detached) common code `z` and every
-    /// column of the salient code `s` over the batch's target rows, `s` columns shorter than 1
-    /// counted by their covariance ([`ca_losses::invariance::cross_correlation_sq`]), so `s`
-    /// carries nothing linearly readable from `z` (the background colour that `salient_nce`
-    /// lets into `s`, say). Only `s` is moved. Default 0 (off).
+    /// Weight of a decorrelation term between the codes of target images (both model kinds; the
+    /// GAN's encoder codes of real images) — the mean squared correlation between every column
+    /// of the (detached) common code `z` and every column of the salient code `s` over the
+    /// batch's target rows, `s` columns shorter than 1 counted by their covariance
+    /// ([`ca_losses::invariance::cross_correlation_sq`]), so `s` carries nothing linearly
+    /// readable from `z` (the background colour that `salient_nce` lets into `s`, say). Only `s`
+    /// is moved. Default 0 (off).
     pub salient_decorrelation: f64,
 }
 

@@ -66,7 +66,9 @@ use crate::adam::{Adam, AdamConfig};
 use crate::checkpoint::{self, CheckpointError};
 use crate::config::{InvarianceScope, LossConfig, OptimConfig};
 use crate::ema;
-use crate::gan::{MMD_BANDWIDTHS, StepStats, masked_mean, stats_in_fp32, z_adversary_terms};
+use crate::gan::{
+    MMD_BANDWIDTHS, StepStats, masked_mean, salient_decorrelation, stats_in_fp32, z_adversary_terms,
+};
 use crate::model::CaModel;
 use crate::run::{TrainError, TrainStep};
 
@@ -84,12 +86,6 @@ pub const DEFAULT_PRIOR_STEPS: usize = 50;
 /// Momentum of the running code statistics that normalise the latent prior (half-life about
 /// 69 steps).
 pub const PRIOR_STATS_MOMENTUM: f64 = 0.99;
-
-/// Floor on the standard deviation of each `s` column in `loss.salient_decorrelation`
-/// ([`invariance::cross_correlation_sq`]): bounds the term's gradient while the codes are short,
-/// as [`SALIENT_NCE_NORM_FLOOR`] does for `salient_nce` (without it, seed 0 of the synthetic
-/// preset kept the dataset head on `s` at ln 2 for 800 steps).
-const DECORRELATION_STD_FLOOR: f64 = 1.0;
 
 /// Norm floor of the `loss.salient_nce` similarities ([`contrastive::info_nce`]): trained
 /// salient codes have norms of ~4 (the synthetic preset, seed 3, all images), so at 1 the term
@@ -518,12 +514,7 @@ impl DiffusionStep {
             stats.push(("salient_nce", t.detach()));
         }
         if l.salient_decorrelation > 0.0 && n_t >= 2 {
-            // Target rows only: background codes have s = 0 by convention.
-            let t = invariance::cross_correlation_sq(
-                &raw.z.narrow(0, n_bg, n_t).detach(),
-                &raw.s.narrow(0, n_bg, n_t),
-                DECORRELATION_STD_FLOOR,
-            );
+            let t = salient_decorrelation(&raw.z, &raw.s, n_bg, n_t);
             loss += &t * l.salient_decorrelation;
             stats.push(("salient_decorrelation", t.detach()));
         }
