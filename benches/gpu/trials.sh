@@ -5,19 +5,23 @@
 #
 #     bash benches/gpu/trials.sh target/gpu-check
 #
-# Trains, all at once on the one GPU, 2 CPU threads each, for TRAIN_MINUTES (default 4.5):
-#   gan-s0, gan-s1   configs/ca-gan-synthetic.toml, seeds 0 and 1
-#   dig-s0           configs/double-infogan-synthetic.toml (the baseline, same wall-clock)
-#   diff-s0..s3      configs/ca-diffusion-synthetic.toml, bf16, seeds 0-3
+# Trains the runs named in RUNS (default below), all at once on the one GPU, 2 CPU threads
+# each, for TRAIN_MINUTES (default 4.5):
+#   gan-sN    configs/ca-gan-synthetic.toml, seed N
+#   dig-sN    configs/double-infogan-synthetic.toml (the baseline), seed N
+#   diff-sN   configs/ca-diffusion-synthetic.toml, bf16, seed N
+# The GPU time-slices between processes: on an H200 (session 15) seven runs at once made
+# 5-6 CA-GAN steps/s each, one CA-GAN alone 10. For the most steps of one run, name only it.
 # then evaluates: the separation probes at every checkpoint of every run (2,000 held-out
 # images), the full `ca eval` of each GAN run's last checkpoint (2,000 images) and of each
 # diffusion run's (400 images, as the CPU numbers in README). Checkpoints every 1,000 steps.
 # Results: $OUT/trials.tgz (runs without weights), $OUT/trials.txt (log and summary),
-# $OUT/gan-s0-final.tgz (its last weights and config). DEVICE=cpu runs the same on the CPU.
+# $OUT/<first run>-final.tgz (its last weights and config). DEVICE=cpu runs the same on the CPU.
 set -u
 BIN=${1:-target/gpu-check}
 DEV=${DEVICE:-cuda}
 MIN=${TRAIN_MINUTES:-4.5}
+RUNS=${RUNS:-"gan-s0 gan-s1 dig-s0 diff-s0 diff-s1 diff-s2 diff-s3"}
 EVAL_S=${EVAL_SECONDS:-170}   # wall-clock budget of the evaluation phase
 RES=${OUT:-benches/gpu/results}
 WORK=${WORK:-/tmp/ca-trials}
@@ -55,11 +59,14 @@ train() { # name config extra...
   echo "== $name: train exit $? at $(el) s, last checkpoint $(cat "$WORK/$name/checkpoints/latest" 2>/dev/null)" >> "$LOG"
 }
 pids=()
-train gan-s0 ca-gan-synthetic --seed 0 & pids+=($!)
-train gan-s1 ca-gan-synthetic --seed 1 & pids+=($!)
-train dig-s0 double-infogan-synthetic --seed 0 & pids+=($!)
-for s in 0 1 2 3; do
-  train diff-s$s ca-diffusion-synthetic --seed $s --set 'train.precision="bf16"' & pids+=($!)
+for name in $RUNS; do
+  seed=${name##*-s}
+  case $name in
+    gan-s*) train "$name" ca-gan-synthetic --seed "$seed" & pids+=($!) ;;
+    dig-s*) train "$name" double-infogan-synthetic --seed "$seed" & pids+=($!) ;;
+    diff-s*) train "$name" ca-diffusion-synthetic --seed "$seed" --set 'train.precision="bf16"' & pids+=($!) ;;
+    *) echo "== unknown run $name (gan-sN, dig-sN, diff-sN)" >> "$LOG" ;;
+  esac
 done
 # GPU use while they run.
 ( while sleep 45; do nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader 2>&1 \
@@ -85,16 +92,19 @@ evals() { # run: separation probes at every checkpoint, newest first, then the f
       --separation-only --checkpoint "$c" >> "$WORK/$name-probes.log" 2>&1
   done
 }
-evals gan-s0 2000 &
-evals gan-s1 2000 &
-evals dig-s0 2000 &
-for s in 0 1 2 3; do evals diff-s$s 400 & done
+for name in $RUNS; do
+  case $name in
+    diff-s*) evals "$name" 400 & ;;
+    *) evals "$name" 2000 & ;;
+  esac
+done
 wait
 pack
-# The last weights of gan-s0 (for `ca counterfactual` etc. at home).
-last=$(ls "$WORK/gan-s0/checkpoints" | grep '^ckpt-' | sort | tail -n 1)
-tar czf "$RES/gan-s0-final.tgz" -C "$WORK/gan-s0" config.toml "checkpoints/$last/model.safetensors" \
-  "checkpoints/$last/meta.json" 2>/dev/null
+# The last weights of the first run (for `ca counterfactual` etc. at home).
+first=${RUNS%% *}
+last=$(ls "$WORK/$first/checkpoints" 2>/dev/null | grep '^ckpt-' | sort | tail -n 1)
+[ -n "$last" ] && tar czf "$RES/$first-final.tgz" -C "$WORK/$first" config.toml \
+  "checkpoints/$last/model.safetensors" "checkpoints/$last/meta.json" 2>/dev/null
 {
   echo "== done in $(el) s"
   for f in "$WORK"/*/eval*/separation.json "$WORK"/*/eval/metrics.json; do

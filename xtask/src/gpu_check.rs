@@ -25,7 +25,7 @@ pub const BIN_DIR: &str = "target/gpu-check";
 /// The instructions printed for the GPU machine.
 pub fn instructions(bin_dir: &str) -> String {
     format!(
-        "On the GPU machine, from the repository root (device tool: `run` with\n  carry = [\"{bin_dir}\"], timeout_s = 330):\n\n    bash benches/gpu/gpu_check.sh {bin_dir}\n\nIt sets LD_LIBRARY_PATH to the lib/ folder of python3's torch, trains each model kind for\n50 steps with --device cuda, runs every row of benches/rows.toml on CUDA (Rust, then\nbenches/reference/steps.py), and writes $OUT/gpu_check.txt and $OUT/bench.jsonl\n(benches/gpu/results/ when $OUT is unset).\n"
+        "On the GPU machine, from the repository root (device tool: `run` with\n  carry = [\"{bin_dir}\"], timeout_s = 330):\n\n    bash benches/gpu/gpu_check.sh {bin_dir}\n\nIt sets LD_LIBRARY_PATH to the lib/ folder of python3's torch, trains each model kind for\n50 steps with --device cuda, runs every row of benches/rows.toml on CUDA (Rust, then\nbenches/reference/steps.py), and writes $OUT/gpu_check.txt and $OUT/bench.jsonl\n(benches/gpu/results/ when $OUT is unset).\n\nLonger synthetic trainings and their evaluation (timeout_s = 590; RUNS, TRAIN_MINUTES\nand EVAL_SECONDS in the script's header):\n\n    bash benches/gpu/trials.sh {bin_dir}\n"
     )
 }
 
@@ -79,6 +79,7 @@ mod tests {
         let t = instructions(BIN_DIR);
         assert!(t.contains("bash benches/gpu/gpu_check.sh target/gpu-check"));
         assert!(t.contains("carry = [\"target/gpu-check\"]"));
+        assert!(t.contains("bash benches/gpu/trials.sh target/gpu-check"));
         assert!(t.contains("LD_LIBRARY_PATH"));
     }
 }
