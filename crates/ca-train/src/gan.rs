@@ -891,6 +891,13 @@ impl CaModel for GanModel {
 #[doc(hidden)]
 pub mod test_support {
     use super::StepStats;
+    use ca_models::ImageGeometry;
+
+    /// 32x32 RGB, the geometry of the unit tests.
+    pub const GEOM32: ImageGeometry = ImageGeometry {
+        channels: 3,
+        size: 32,
+    };
     use std::collections::HashMap;
     use tch::Kind;
 
@@ -942,7 +949,7 @@ pub mod test_support {
 
 #[cfg(test)]
 mod tests {
-    use super::test_support::{test_optim, tiny_cfg};
+    use super::test_support::{GEOM32, test_optim, tiny_cfg};
     use super::*;
     use crate::config::LossConfig;
 
@@ -953,10 +960,7 @@ mod tests {
     fn residual_edit_applies_only_the_change_of_the_codes() {
         tch::manual_seed(0);
         let cfg = tiny_cfg(true);
-        let geom = ImageGeometry {
-            channels: 3,
-            size: 32,
-        };
+        let geom = GEOM32;
         let nets = GanNets::build(&cfg, geom, (false, false), Device::Cpu).unwrap();
         let tensors: std::collections::HashMap<_, _> = nets.model_tensors().into_iter().collect();
         let file = std::path::Path::new("in-memory");
@@ -1044,10 +1048,7 @@ mod tests {
     /// fakes back (the loss falls clearly below the "predict 0" level).
     fn info_is_learnable(encoder: bool) {
         tch::manual_seed(0);
-        let geom = ImageGeometry {
-            channels: 3,
-            size: 32,
-        };
+        let geom = GEOM32;
         let cfg = tiny_cfg(encoder);
         let nets = GanNets::build(&cfg, geom, (false, false), Device::Cpu).unwrap();
         let loss = LossConfig {
@@ -1121,10 +1122,7 @@ mod tests {
     fn salient_decorrelation_is_logged_and_descends() {
         tch::manual_seed(0);
         tch::set_num_threads(1);
-        let geom = ImageGeometry {
-            channels: 3,
-            size: 32,
-        };
+        let geom = GEOM32;
         let only = |w: f64| LossConfig {
             adversarial: 0.0,
             r1_gamma: 0.0,
@@ -1173,10 +1171,7 @@ mod tests {
     fn salient_class_separates_the_sets_through_s() {
         tch::manual_seed(0);
         tch::set_num_threads(1);
-        let geom = ImageGeometry {
-            channels: 3,
-            size: 32,
-        };
+        let geom = GEOM32;
         let nets = GanNets::build(&tiny_cfg(true), geom, (true, true), Device::Cpu).unwrap();
         let names: Vec<String> = nets.state_tensors().into_iter().map(|(n, _)| n).collect();
         for n in ["zc.salient_class.weight", "zc.z_adversary.weight"] {
