@@ -893,6 +893,21 @@ pub mod test_support {
     use super::StepStats;
     use ca_models::ImageGeometry;
 
+    /// The default loss set with every term that is on by default turned off (adversarial, R1,
+    /// class, info, salient-zero, pixel reconstruction), to test one term alone.
+    pub fn no_default_terms() -> crate::config::LossConfig {
+        crate::config::LossConfig {
+            adversarial: 0.0,
+            r1_gamma: 0.0,
+            class: 0.0,
+            info_z: 0.0,
+            info_s: 0.0,
+            salient_zero: 0.0,
+            recon_pixel: 0.0,
+            ..Default::default()
+        }
+    }
+
     /// 32x32 RGB, the geometry of the unit tests.
     pub const GEOM32: ImageGeometry = ImageGeometry {
         channels: 3,
@@ -949,7 +964,7 @@ pub mod test_support {
 
 #[cfg(test)]
 mod tests {
-    use super::test_support::{GEOM32, test_optim, tiny_cfg};
+    use super::test_support::{GEOM32, no_default_terms, test_optim, tiny_cfg};
     use super::*;
     use crate::config::LossConfig;
 
@@ -1124,15 +1139,8 @@ mod tests {
         tch::set_num_threads(1);
         let geom = GEOM32;
         let only = |w: f64| LossConfig {
-            adversarial: 0.0,
-            r1_gamma: 0.0,
-            class: 0.0,
-            info_z: 0.0,
-            info_s: 0.0,
-            salient_zero: 0.0,
-            recon_pixel: 0.0,
             salient_decorrelation: w,
-            ..LossConfig::default()
+            ..no_default_terms()
         };
         let x = Tensor::rand([16, 3, 32, 32], (Kind::Float, Device::Cpu)) * 2.0 - 1.0;
         let nets = GanNets::build(&tiny_cfg(true), geom, (false, false), Device::Cpu).unwrap();
@@ -1178,15 +1186,8 @@ mod tests {
             assert!(names.iter().any(|m| m == n), "{n} not in {names:?}");
         }
         let loss = LossConfig {
-            adversarial: 0.0,
-            r1_gamma: 0.0,
-            class: 0.0,
-            info_z: 0.0,
-            info_s: 0.0,
-            salient_zero: 0.0,
-            recon_pixel: 0.0,
             salient_class: 1.0,
-            ..LossConfig::default()
+            ..no_default_terms()
         };
         let optim = test_optim();
         let mut step = GanStep::new(nets, &loss, &optim);
