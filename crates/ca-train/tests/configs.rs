@@ -115,8 +115,10 @@ fn dataset_presets_point_at_what_fetch_datasets_writes() {
             assert_eq!(common.channels, channels, "{name}: data.channels");
             let text = std::fs::read_to_string(&path).unwrap();
             assert!(
-                text.contains("H100") && text.contains("ESTIMATE") && text.contains("gpu-check"),
-                "{name}: needs the estimated H100 training time, its method, and the gpu-check note"
+                text.contains("H100")
+                    && text.contains("ESTIMATE")
+                    && text.contains("Measured since"),
+                "{name}: needs the estimated H100 training time, its method, and the time at the measured GPU rate"
             );
         }
     }
