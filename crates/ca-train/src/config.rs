@@ -185,18 +185,19 @@ pub struct LossConfig {
     /// Use the background convention `s = 0` when decoding real background images. Default
     /// true; the plain-autoencoder baseline sets it false (no dataset signal at all).
     pub salient_masking: bool,
-    /// Diffusion: weight of a contrastive term on the salient code of target images — symmetric
-    /// InfoNCE ([`ca_losses::contrastive::info_nce`]) between the raw `s` of each target image
-    /// and the `s` of a randomly shifted and mirrored copy of it (an extra encoder pass on the
-    /// target rows), other target images of the batch as negatives — so `s` keeps what tells
-    /// target images apart beyond what the denoising loss asks of it (SepCLR's salient term).
-    /// Codes are centred on the batch's mean target code; similarities are cosines with a norm
-    /// floor of 1. Default 0 (off; measured on the synthetic preset in `configs/TRIALS.md`:
-    /// no better on average, and common content entered `s`).
+    /// Weight of a contrastive term on the salient code of target images (both model kinds; the
+    /// GAN's encoder codes of real images, or its discriminator heads without an encoder) —
+    /// symmetric InfoNCE ([`ca_losses::contrastive::info_nce`]) between the raw `s` of each
+    /// target image and the `s` of a randomly shifted and mirrored copy of it (an extra pass of
+    /// the `s` path on the target rows), other target images of the batch as negatives — so `s`
+    /// keeps what tells target images apart beyond what the decoder and the dataset head ask of
+    /// it (SepCLR's salient term). Codes are centred on the batch's mean target code;
+    /// similarities are cosines with a norm floor of 1 ([`crate::salient_terms`]). Default 0
+    /// (off; measured on the synthetic presets in `configs/TRIALS.md`).
     pub salient_nce: f64,
-    /// Diffusion: temperature of `salient_nce` (> 0). Default 0.2.
+    /// Temperature of `salient_nce` (> 0). Default 0.2.
     pub salient_nce_temperature: f64,
-    /// Diffusion: largest shift, in pixels along each axis, of the `salient_nce` view (border
+    /// Largest shift, in pixels along each axis, of the `salient_nce` view (border
     /// pixels repeated; `0`: mirroring only). Default 4.
     pub salient_nce_shift: u32,
     /// Weight of a decorrelation term between the codes of target images (both model kinds; the

@@ -22,7 +22,7 @@
 //!   (observed: 2e-5 after 600 steps with raw `z` of std 0.2) — and a linear
 //!   dataset classifier on `z` behind gradient reversal (`loss.z_adversary`, Ganin & Lempitsky
 //!   2015, arXiv 1409.7495); optionally (`loss.salient_nce`) **InfoNCE on the salient code**
-//!   of target rows, between each image and a shifted, mirrored copy ([`shift_mirror`]) encoded
+//!   of target rows, between each image and a shifted, mirrored copy ([`salient_terms::shift_mirror`]) encoded
 //!   again, the batch's other target rows as negatives (SepCLR's salient term); optionally
 //!   (`loss.salient_decorrelation`) the mean squared correlation between the detached `z` and
 //!   `s` of target rows, so `s` holds nothing linearly readable from `z`;
@@ -52,7 +52,7 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use ca_losses::{contrastive, diffusion as dloss, info, invariance};
+use ca_losses::{diffusion as dloss, info, invariance};
 use ca_models::blocks::native::{AutocastDtype, AutocastGuard};
 use ca_models::diffusion::{
     self as dm, CodeGroup, CondUnet, DdimOptions, DiffusionError, DiffusionModelConfig,
@@ -66,11 +66,10 @@ use crate::adam::{Adam, AdamConfig};
 use crate::checkpoint::{self, CheckpointError};
 use crate::config::{InvarianceScope, LossConfig, OptimConfig};
 use crate::ema;
-use crate::gan::{
-    MMD_BANDWIDTHS, StepStats, masked_mean, salient_decorrelation, stats_in_fp32, z_adversary_terms,
-};
+use crate::gan::{MMD_BANDWIDTHS, StepStats, masked_mean, stats_in_fp32, z_adversary_terms};
 use crate::model::CaModel;
 use crate::run::{TrainError, TrainStep};
+use crate::salient_terms::{self, salient_decorrelation};
 
 /// DDIM steps of the training sample grids (DiffAE samples with 20).
 pub const GRID_DDIM_STEPS: usize = 20;
@@ -86,11 +85,6 @@ pub const DEFAULT_PRIOR_STEPS: usize = 50;
 /// Momentum of the running code statistics that normalise the latent prior (half-life about
 /// 69 steps).
 pub const PRIOR_STATS_MOMENTUM: f64 = 0.99;
-
-/// Norm floor of the `loss.salient_nce` similarities ([`contrastive::info_nce`]): trained
-/// salient codes have norms of ~4 (the synthetic preset, seed 3, all images), so at 1 the term
-/// is a cosine once the codes have grown and a bounded dot product before.
-pub const SALIENT_NCE_NORM_FLOOR: f64 = 1.0;
 
 /// The parameter groups of `optim.grad_clip_groups` (the encoder's trunk and `z` head, in
 /// none of these, form one more).
@@ -307,41 +301,8 @@ pub struct StepNoise {
     /// Noise added to the normalised codes, `[B, dz + ds]`.
     pub noise_prior: Tensor,
     /// The `loss.salient_nce` view of each row: `[B, 3]` float, (shift x, shift y) in pixels
-    /// and a mirror sign (`1` or `-1`), as [`shift_mirror`] reads them.
+    /// and a mirror sign (`1` or `-1`), as [`salient_terms::shift_mirror`] reads them.
     pub aug: Tensor,
-}
-
-/// Shifted and mirrored copies of images, per row, in one differentiable resampling: row `i` of
-/// the result at pixel `(y, x)` is `x[i]` at `(y + dy_i, x' + dx_i)` with `x' = x` (mirror `1`) or
-/// `W - 1 - x` (mirror `-1`); positions outside the image repeat the border pixels.
-///
-/// # Shapes
-/// * `x`: `[N, C, H, W]` float
-/// * `aug`: `[N, 3]`, columns `dx`, `dy` (integer pixel shifts) and the mirror sign
-/// * returns `[N, C, H, W]`
-pub fn shift_mirror(x: &Tensor, aug: &Tensor) -> Tensor {
-    let size = x.size();
-    let (n, h, w) = (size[0], size[2], size[3]);
-    let aug = aug.to_kind(x.kind()).to_device(x.device());
-    let dx = aug.select(1, 0) * (2.0 / w as f64);
-    let dy = aug.select(1, 1) * (2.0 / h as f64);
-    let mirror = aug.select(1, 2);
-    let zeros = Tensor::zeros_like(&dx);
-    let ones = Tensor::ones_like(&dx);
-    let theta =
-        Tensor::stack(&[mirror, zeros.shallow_clone(), dx, zeros, ones, dy], 1).view([n, 2, 3]);
-    let grid = Tensor::affine_grid_generator(&theta, size.as_slice(), false);
-    // interpolation 1 = nearest (the shifts are whole pixels), padding 1 = border
-    x.grid_sampler(&grid, 1, 1, false)
-}
-
-/// Random [`StepNoise::aug`] draws: shifts uniform in `[-max_shift, max_shift]`, mirror with
-/// probability ½.
-fn random_aug(b: i64, max_shift: u32, dev: Device) -> Tensor {
-    let m = max_shift as i64;
-    let shifts = Tensor::randint_low(-m, m + 1, [b, 2], (Kind::Float, dev));
-    let mirror = Tensor::randint(2, [b, 1], (Kind::Float, dev)) * 2.0 - 1.0;
-    Tensor::cat(&[shifts, mirror], 1)
 }
 
 /// The CA-diffusion training step: networks, optimisers, loss weights, running code statistics.
@@ -413,7 +374,7 @@ impl DiffusionStep {
             t_prior: self.nets.prior_schedule.random_timesteps(b, dev),
             noise_prior: Tensor::randn([b, self.nets.prior.dim()], (Kind::Float, dev)),
             aug: if self.loss.salient_nce > 0.0 {
-                random_aug(b, self.loss.salient_nce_shift, dev)
+                salient_terms::random_aug(b, self.loss.salient_nce_shift, dev)
             } else {
                 Tensor::zeros([b, 3], (Kind::Float, dev))
             },
@@ -492,24 +453,16 @@ impl DiffusionStep {
             stats.push(("z_adversary", classifier));
         }
         if l.salient_nce > 0.0 && n_t >= 2 {
-            let view = shift_mirror(&x.narrow(0, n_bg, n_t), &draws.aug.narrow(0, n_bg, n_t));
-            let s_view = self.nets.enc.salient(&view, true);
-            // Centred on the mean target code of both views, so a shared offset (the
-            // direction the class head reads) does not dilute the cosines.
-            let (a, b) = (
-                raw.s.narrow(0, n_bg, n_t).to_kind(Kind::Float),
-                s_view.to_kind(Kind::Float),
+            let view = salient_terms::shift_mirror(
+                &x.narrow(0, n_bg, n_t),
+                &draws.aug.narrow(0, n_bg, n_t),
             );
-            let centre = (a.mean_dim([0i64].as_slice(), true, Kind::Float)
-                + b.mean_dim([0i64].as_slice(), true, Kind::Float))
-                * 0.5;
-            let t = contrastive::info_nce(
-                &(a - &centre),
-                &(b - &centre),
+            let s_view = self.nets.enc.salient(&view, true);
+            let t = salient_terms::salient_nce(
+                &raw.s.narrow(0, n_bg, n_t),
+                &s_view,
                 l.salient_nce_temperature,
-                SALIENT_NCE_NORM_FLOOR,
-            )
-            .mean(Kind::Float);
+            );
             loss += &t * l.salient_nce;
             stats.push(("salient_nce", t.detach()));
         }
@@ -1049,35 +1002,6 @@ mod tests {
         }
         // The curves moved: the bf16 run did train.
         assert!(tail(&half["denoise"]) < half["denoise"][..5].iter().sum::<f64>() / 5.0);
-    }
-
-    /// One bright pixel moves where the shift and the mirror say; off-image samples repeat the
-    /// border; the flag columns act per row.
-    #[test]
-    fn shift_mirror_moves_pixels_per_row() {
-        let mut img = vec![0f32; 2 * 8 * 8];
-        img[3 * 8 + 2] = 1.0; // row 0: (y 3, x 2)
-        img[64 + 3 * 8 + 2] = 1.0; // row 1: the same
-        let x = Tensor::from_slice(&img).view([2, 1, 8, 8]);
-        // row 0: shift (dx 1, dy -2): out(y, x) = in(y - 2, x + 1), the pixel lands at (5, 1).
-        // row 1: mirror only: out(y, x) = in(y, 7 - x), the pixel lands at (3, 5).
-        let aug = Tensor::from_slice(&[1.0f32, -2.0, 1.0, 0.0, 0.0, -1.0]).view([2, 3]);
-        let out = shift_mirror(&x, &aug);
-        let at = |r: i64, y: i64, xx: i64| out.double_value(&[r, 0, y, xx]);
-        assert_eq!(at(0, 5, 1), 1.0);
-        assert_eq!(at(1, 3, 5), 1.0);
-        assert_eq!(out.sum(Kind::Float).double_value(&[]), 2.0);
-        // Border repeat: a ramp along x shifted right by 3 keeps its first column 3 times.
-        let ramp = Tensor::arange(8, (Kind::Float, Device::Cpu))
-            .view([1, 1, 1, 8])
-            .expand([1, 1, 8, 8], false)
-            .contiguous();
-        let out = shift_mirror(
-            &ramp,
-            &Tensor::from_slice(&[-3.0f32, 0.0, 1.0]).view([1, 3]),
-        );
-        let row: Vec<f64> = Vec::try_from(out.get(0).get(0).get(4).to_kind(Kind::Double)).unwrap();
-        assert_eq!(row, vec![0.0, 0.0, 0.0, 0.0, 1.0, 2.0, 3.0, 4.0]);
     }
 
     /// `optim.grad_clip_groups`: after a step every group's gradient norm is within the bound

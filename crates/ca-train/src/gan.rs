@@ -11,7 +11,8 @@
 //! * **G step** — adversarial, dataset class of fakes, info loss on fakes (through `E` or the
 //!   frozen heads), reconstruction of real images (pixel L1 and multi-scale discriminator-feature
 //!   matching), swap consistency, and — with a separate encoder — salient-zero, common-code
-//!   invariance and the `z`-`s` decorrelation of target codes on `E`.
+//!   invariance, and the optional salient InfoNCE and `z`-`s` decorrelation of target codes
+//!   ([`crate::salient_terms`]) on `E`.
 //!
 //! Rows of a batch are ordered background first, then target (the loader tells the counts on
 //! the host), so swaps and per-group terms need no host sync. Loss values stay on the device
@@ -31,6 +32,7 @@ use crate::config::{
 };
 use crate::ema;
 use crate::model::CaModel;
+use crate::salient_terms::{self, salient_decorrelation};
 
 /// Errors of building or loading a GAN.
 #[derive(Debug, thiserror::Error)]
@@ -189,6 +191,15 @@ impl GanNets {
         }
     }
 
+    /// The salient code of `x` from the live encoder: with a separate encoder only its `s`
+    /// path runs (`separate_salient`); otherwise the discriminator's heads.
+    fn salient_live(&self, x: &Tensor) -> Tensor {
+        match &self.e {
+            Some(e) => e.net.salient(x),
+            None => self.d.encode(x).s,
+        }
+    }
+
     /// Named tensors for inference (`model.safetensors`): the EMA generator, and the EMA encoder
     /// or the discriminator.
     pub fn model_tensors(&self) -> Vec<(String, Tensor)> {
@@ -298,23 +309,6 @@ pub(crate) fn z_adversary_terms(
             (classifier + encoder, logged)
         }
     }
-}
-
-/// Floor on the standard deviation of each `s` column in `loss.salient_decorrelation`
-/// ([`invariance::cross_correlation_sq`]): bounds the term's gradient while the codes are short
-/// (without it, seed 0 of the diffusion preset kept the dataset head on `s` at ln 2 for 800
-/// steps).
-pub(crate) const DECORRELATION_STD_FLOOR: f64 = 1.0;
-
-/// `loss.salient_decorrelation` (both model kinds): the mean squared correlation between the
-/// columns of the detached common code `z` and of the salient code `s` over the target rows
-/// `n_bg..n_bg + n_t` (background codes have `s = 0` by convention), so only `s` is moved.
-pub(crate) fn salient_decorrelation(z: &Tensor, s: &Tensor, n_bg: i64, n_t: i64) -> Tensor {
-    invariance::cross_correlation_sq(
-        &z.narrow(0, n_bg, n_t).detach(),
-        &s.narrow(0, n_bg, n_t),
-        DECORRELATION_STD_FLOOR,
-    )
 }
 
 /// The logged values in fp32 (terms computed in an autocast region may be bfloat16).
@@ -687,6 +681,17 @@ impl GanStep {
             loss += t;
             stats.push(("prior", logged.detach()));
         }
+        if l.salient_nce > 0.0 && n_t >= 2 {
+            let aug = salient_terms::random_aug(n_t, l.salient_nce_shift, dev);
+            let view = salient_terms::shift_mirror(&x.narrow(0, n_bg, n_t), &aug);
+            let t = salient_terms::salient_nce(
+                &real.s.narrow(0, n_bg, n_t),
+                &self.nets.salient_live(&view),
+                l.salient_nce_temperature,
+            );
+            loss += &t * l.salient_nce;
+            stats.push(("salient_nce", t.detach()));
+        }
         if l.salient_decorrelation > 0.0 && n_t >= 2 {
             let t = salient_decorrelation(&real.z, &real.s, n_bg, n_t);
             loss += &t * l.salient_decorrelation;
@@ -892,6 +897,8 @@ impl CaModel for GanModel {
 pub mod test_support {
     use super::StepStats;
     use ca_models::ImageGeometry;
+    use std::collections::HashMap;
+    use tch::Kind;
 
     /// The default loss set with every term that is on by default turned off (adversarial, R1,
     /// class, info, salient-zero, pixel reconstruction), to test one term alone.
@@ -913,8 +920,6 @@ pub mod test_support {
         channels: 3,
         size: 32,
     };
-    use std::collections::HashMap;
-    use tch::Kind;
 
     /// Run `steps` steps and collect every logged value per name (checking it is fp32).
     pub fn record_curves(
@@ -1171,6 +1176,61 @@ mod tests {
             after < before * 0.5,
             "squared z-s correlation {before} -> {after}"
         );
+    }
+
+    /// `loss.salient_nce` on the GAN, with a separate encoder (trained in the G step) and with
+    /// the discriminator's heads (D step): logged only when on, and 40 steps of it (beside the
+    /// prior) make the target rows' `s` tell their own views from the other rows' (the term on
+    /// fixed views falls).
+    #[test]
+    fn salient_nce_is_logged_and_descends() {
+        tch::set_num_threads(1);
+        // With the prior on the codes, as in the presets: a fresh encoder's codes are short
+        // and, under the norm floor of 1, InfoNCE alone moves them only slowly.
+        let only = |w: f64| LossConfig {
+            salient_nce: w,
+            salient_nce_shift: 2,
+            prior: 1.0,
+            salient_warmup_steps: 0,
+            ..no_default_terms()
+        };
+        for encoder in [true, false] {
+            tch::manual_seed(0);
+            // Each row a flat colour: its shifted, mirrored view is the same image, and the
+            // rows differ only by colour, which `s` must come to tell apart.
+            let x = (Tensor::rand([16, 3, 1, 1], (Kind::Float, Device::Cpu)) * 2.0 - 1.0)
+                .expand([16, 3, 32, 32], false)
+                .contiguous();
+            let nets = GanNets::build(&tiny_cfg(encoder), GEOM32, (false, false), Device::Cpu);
+            let mut off = GanStep::new(nets.unwrap(), &only(0.0), &test_optim());
+            let stats = off.step(&x, 4, 0).unwrap();
+            assert!(stats.iter().all(|(n, _)| *n != "salient_nce"));
+            let nets = GanNets::build(&tiny_cfg(encoder), GEOM32, (false, false), Device::Cpu);
+            let mut on = GanStep::new(nets.unwrap(), &only(1.0), &test_optim());
+            let targets = x.narrow(0, 4, 12);
+            let aug = salient_terms::random_aug(12, 2, Device::Cpu);
+            let view = salient_terms::shift_mirror(&targets, &aug);
+            let nce = |st: &GanStep| {
+                let _g = tch::no_grad_guard();
+                let (a, b) = (st.nets.salient_live(&targets), st.nets.salient_live(&view));
+                salient_terms::salient_nce(&a, &b, 0.2).double_value(&[])
+            };
+            let before = nce(&on);
+            for k in 0..40 {
+                let stats = on.step(&x, 4, k).unwrap();
+                let (_, v) = stats
+                    .iter()
+                    .find(|(n, _)| *n == "salient_nce")
+                    .expect("salient_nce is logged");
+                assert!(v.double_value(&[]).is_finite(), "step {k}");
+            }
+            let after = nce(&on);
+            eprintln!("encoder {encoder}: salient_nce {before:.3} -> {after:.3} (ln 12 = 2.485)");
+            assert!(
+                after < before - 0.3,
+                "encoder {encoder}: {before} -> {after}"
+            );
+        }
     }
 
     /// The salient-class head and the encoder learn together to tell target rows (a bright

@@ -17,3 +17,4 @@ pub mod metrics;
 pub mod model;
 pub mod overrides;
 pub mod run;
+pub mod salient_terms;

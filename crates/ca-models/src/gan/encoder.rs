@@ -70,6 +70,19 @@ impl Encoder {
         (CaCode::new(self.z_out.forward(&e), s), e)
     }
 
+    /// The salient code alone, `[B, ds]`: with `separate_salient` only `s`'s own trunk runs;
+    /// otherwise the same as `forward_t(x, _).s`.
+    pub fn salient(&self, x: &Tensor) -> Tensor {
+        match &self.salient {
+            Some((t, h)) => {
+                let feats = t.forward(x);
+                self.s_out
+                    .forward(&h.forward(feats.last().expect("the trunk has at least one block")))
+            }
+            None => self.forward_with_features(x).0.s,
+        }
+    }
+
     /// The `z` head alone on given shared features (from [`Self::forward_with_features`]).
     pub fn z_from_features(&self, e: &Tensor) -> Tensor {
         self.z_out.forward(e)
@@ -100,6 +113,14 @@ mod tests {
                 true,
             );
             assert_eq!((c.z.size(), c.s.size()), (vec![3, 7], vec![3, 2]));
+            // `salient` alone gives the same `s` (it skips `z`'s trunk when it can).
+            let x = Tensor::randn([3, 3, size, size], (Kind::Float, Device::Cpu));
+            let diff = (e.salient(&x) - e.forward_t(&x, false).s).abs().max();
+            assert_eq!(
+                diff.double_value(&[]),
+                0.0,
+                "size {size}, {separate_salient}"
+            );
             (c.z.sum(Kind::Float) + c.s.sum(Kind::Float)).backward();
             assert_eq!(dead_parameters(&vs), Vec::<String>::new());
         }
