@@ -50,12 +50,29 @@ pub struct RunConfig {
 }
 
 /// How a trained model edits real images (`[apply]`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ApplyConfig {
     /// How a GAN re-renders a real image `x` (codes `own`) with new codes (counterfactual,
     /// swap). Diffusion runs always use DDIM inversion.
     pub gan_edit: GanEdit,
+    /// `gan_edit = "masked"`: a pixel whose G output changes by this much (mean absolute
+    /// difference over channels, 0-1 scale) between the two codes takes the new rendering fully;
+    /// smaller changes blend linearly towards `x` (default 0.1).
+    pub gan_mask_scale: f64,
+    /// `gan_edit = "masked"`: the mask is widened by this many pixels (a max filter), so the
+    /// soft edges G draws around an edited object are covered (default 1).
+    pub gan_mask_dilate: i64,
+}
+
+impl Default for ApplyConfig {
+    fn default() -> Self {
+        ApplyConfig {
+            gan_edit: GanEdit::default(),
+            gan_mask_scale: 0.1,
+            gan_mask_dilate: 1,
+        }
+    }
 }
 
 /// How a GAN edits a real image (`apply.gan_edit`).
@@ -69,6 +86,10 @@ pub enum GanEdit {
     /// to `x`, so what G renders badly (fine detail, blur) is kept from `x`, as DDIM inversion
     /// keeps it for a diffusion model.
     Residual,
+    /// `x + m * (G(new) - x)`, `m` a soft mask of where G's output changes between the two
+    /// codes (`gan_mask_scale`, `gan_mask_dilate`): the new rendering where the codes change the
+    /// image, `x` itself elsewhere.
+    Masked,
 }
 
 /// The model family, chosen by `family = "gan" | "diffusion"` in `[model]`.
@@ -573,6 +594,21 @@ impl RunConfig {
         if l.r1_every == 0 {
             return Err(bad("loss.r1_every", "0".into(), "must be at least 1"));
         }
+        let a = &self.apply;
+        if !(a.gan_mask_scale > 0.0 && a.gan_mask_scale <= 1.0) {
+            return Err(bad(
+                "apply.gan_mask_scale",
+                a.gan_mask_scale.to_string(),
+                "must be in (0, 1] (a change of G's output on a 0-1 scale; typical 0.05-0.2)",
+            ));
+        }
+        if !(0..=8).contains(&a.gan_mask_dilate) {
+            return Err(bad(
+                "apply.gan_mask_dilate",
+                a.gan_mask_dilate.to_string(),
+                "must be 0-8 pixels",
+            ));
+        }
         if self.eval.folds < 2 {
             return Err(bad(
                 "eval.folds",
@@ -654,6 +690,22 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("loss.swap"), "{e}");
+        for set in [
+            "apply.gan_mask_scale=0",
+            "apply.gan_mask_scale=1.5",
+            "apply.gan_mask_dilate=-1",
+            "apply.gan_mask_dilate=9",
+        ] {
+            let e = RunConfig::from_toml(MINIMAL, "t.toml", &[set.into()])
+                .unwrap_err()
+                .to_string();
+            let key = set.split('=').next().unwrap();
+            assert!(e.contains(key), "{set}: {e}");
+        }
+        let c =
+            RunConfig::from_toml(MINIMAL, "t.toml", &["apply.gan_edit=\"masked\"".into()]).unwrap();
+        assert_eq!(c.apply.gan_edit, GanEdit::Masked);
+        assert_eq!((c.apply.gan_mask_scale, c.apply.gan_mask_dilate), (0.1, 1));
     }
 
     #[test]

@@ -28,7 +28,7 @@ use tch::{Device, Kind, Tensor};
 use crate::adam::{Adam, AdamConfig};
 use crate::checkpoint::{self, CheckpointError};
 use crate::config::{
-    AdversarialKind, GanEdit, InvarianceScope, LossConfig, OptimConfig, ZAdversaryKind,
+    AdversarialKind, ApplyConfig, GanEdit, InvarianceScope, LossConfig, OptimConfig, ZAdversaryKind,
 };
 use crate::ema;
 use crate::model::CaModel;
@@ -784,6 +784,9 @@ pub struct GanModel {
     ds: i64,
     geom: ImageGeometry,
     edit: GanEdit,
+    /// `apply.gan_mask_scale`, `apply.gan_mask_dilate` (the masked edit).
+    mask_scale: f64,
+    mask_dilate: i64,
 }
 
 /// The encoder of a trained GAN, with the var store that owns its weights (kept alive).
@@ -824,13 +827,30 @@ impl GanModel {
             ds: cfg.ds,
             geom,
             edit: GanEdit::Decode,
+            mask_scale: ApplyConfig::default().gan_mask_scale,
+            mask_dilate: ApplyConfig::default().gan_mask_dilate,
         })
     }
 
-    /// The same model editing real images the given way (`apply.gan_edit`).
-    pub fn with_edit(mut self, edit: GanEdit) -> Self {
-        self.edit = edit;
+    /// The same model editing real images the given way (`[apply]`).
+    pub fn with_edit(mut self, apply: &ApplyConfig) -> Self {
+        self.edit = apply.gan_edit;
+        self.mask_scale = apply.gan_mask_scale;
+        self.mask_dilate = apply.gan_mask_dilate;
         self
+    }
+}
+
+/// The masked edit's blend weight `[N, 1, H, W]`: `mean_c |a - b| / 2` (images in `[-1, 1]`,
+/// so a 0-1 scale) divided by `scale` and clamped to `[0, 1]`, then widened by a
+/// `(2 * dilate + 1)`-pixel max filter.
+pub fn edit_mask(a: &Tensor, b: &Tensor, scale: f64, dilate: i64) -> Tensor {
+    let d = ((a - b).abs().mean_dim(1, true, Kind::Float) * (0.5 / scale)).clamp(0.0, 1.0);
+    if dilate > 0 {
+        let k = 2 * dilate + 1;
+        d.max_pool2d([k, k], [1, 1], [dilate, dilate], [1, 1], false)
+    } else {
+        d
     }
 }
 
@@ -868,6 +888,19 @@ impl CaModel for GanModel {
                 let _g = tch::no_grad_guard();
                 let new_img = self.decode(new, 0);
                 (x.to_kind(new_img.kind()) + new_img - self.decode(own, 0)).clamp(-1.0, 1.0)
+            }
+            GanEdit::Masked => {
+                let _g = tch::no_grad_guard();
+                let new_img = self.decode(new, 0);
+                let m = edit_mask(
+                    &new_img,
+                    &self.decode(own, 0),
+                    self.mask_scale,
+                    self.mask_dilate,
+                )
+                .to_kind(new_img.kind());
+                let x = x.to_kind(new_img.kind());
+                &x + m * (new_img - &x)
             }
         }
     }
@@ -997,7 +1030,10 @@ mod tests {
         assert_eq!(max_diff(&m.edit(&x, &own, &new), &g_new), 0.0, "decode");
         assert_eq!(max_diff(&m.render(&x, &own), &g_own), 0.0);
 
-        let m = m.with_edit(GanEdit::Residual);
+        let m = m.with_edit(&ApplyConfig {
+            gan_edit: GanEdit::Residual,
+            ..Default::default()
+        });
         assert!(
             max_diff(&m.edit(&x, &own, &own), &x) < 1e-6,
             "same codes: the input"
@@ -1009,6 +1045,75 @@ mod tests {
             "not a decode"
         );
         assert_eq!(max_diff(&m.render(&x, &own), &g_own), 0.0, "render decodes");
+    }
+
+    /// `apply.gan_edit = "masked"`: the input where G's output does not change, G's new
+    /// rendering where it changes by `gan_mask_scale` or more, a linear blend between.
+    #[test]
+    fn masked_edit_keeps_the_input_where_the_codes_change_nothing() {
+        tch::manual_seed(0);
+        let cfg = tiny_cfg(false);
+        let nets = GanNets::build(&cfg, GEOM32, (false, false), Device::Cpu).unwrap();
+        let tensors: std::collections::HashMap<_, _> = nets.model_tensors().into_iter().collect();
+        let file = std::path::Path::new("in-memory");
+        let apply = ApplyConfig {
+            gan_edit: GanEdit::Masked,
+            gan_mask_scale: 0.05,
+            gan_mask_dilate: 0,
+        };
+        let m = GanModel::load(&cfg, GEOM32, &tensors, file, Device::Cpu)
+            .unwrap()
+            .with_edit(&apply);
+        let x = Tensor::rand([2, 3, 32, 32], (Kind::Float, Device::Cpu)) * 1.6 - 0.8;
+        let own = m.encode(&x);
+        let new = own.without_salient();
+        let max_diff = |a: &Tensor, b: &Tensor| (a - b).abs().max().double_value(&[]);
+        assert_eq!(
+            max_diff(&m.edit(&x, &own, &own), &x),
+            0.0,
+            "same codes: the input"
+        );
+        let (g_own, g_new) = (m.decode(&own, 0), m.decode(&new, 0));
+        let w = edit_mask(&g_new, &g_own, 0.05, 0);
+        let want = &x + &w * (&g_new - &x);
+        assert!(max_diff(&m.edit(&x, &own, &new), &want) < 1e-6);
+        let full = w.eq(1.0).to_kind(Kind::Float);
+        let none = w.eq(0.0).to_kind(Kind::Float);
+        assert!(
+            full.sum(Kind::Float).double_value(&[]) > 0.0 && w.lt(1.0).any().int64_value(&[]) == 1,
+            "the test needs pixels fully and partly edited: {w:?}"
+        );
+        let edited = m.edit(&x, &own, &new);
+        assert!(
+            max_diff(&(&edited * &full), &(&g_new * &full)) < 1e-6,
+            "new rendering where w = 1"
+        );
+        assert!(
+            max_diff(&(&edited * &none), &(&x * &none)) < 1e-6,
+            "input where w = 0"
+        );
+    }
+
+    /// The mask on hand-computed values: mean over channels of |a - b| / 2, over the scale,
+    /// clamped, then a max filter of the dilation's width.
+    #[test]
+    fn edit_mask_by_hand() {
+        // One image, 2 channels, 1 x 4: differences per pixel (c0, c1) = (0, 0), (0.1, 0.1),
+        // (0.4, 0), (1.0, 1.0); mean/2 = 0, 0.05, 0.1, 0.5; over scale 0.1: 0, 0.5, 1, 5 -> clamp.
+        let a = Tensor::from_slice(&[0.0f32, 0.1, 0.4, 1.0, 0.0, 0.1, 0.0, 1.0]).view([1, 2, 1, 4]);
+        let b = Tensor::zeros([1, 2, 1, 4], (Kind::Float, Device::Cpu));
+        let m = edit_mask(&a, &b, 0.1, 0);
+        assert_eq!(m.size(), [1, 1, 1, 4]);
+        let got: Vec<f32> = m.flatten(0, -1).try_into().unwrap();
+        for (g, w) in got.iter().zip([0.0f32, 0.5, 1.0, 1.0]) {
+            assert!((g - w).abs() < 1e-6, "{got:?}");
+        }
+        // Dilation 1 on the same row: each pixel takes the max of itself and its neighbours.
+        let a = Tensor::from_slice(&[0.0f32, 0.0, 0.1, 0.0, 0.0, 0.0, 0.1, 0.0]).view([1, 2, 1, 4]);
+        let got: Vec<f32> = edit_mask(&a, &b, 0.1, 1).flatten(0, -1).try_into().unwrap();
+        for (g, w) in got.iter().zip([0.0f32, 0.5, 0.5, 0.5]) {
+            assert!((g - w).abs() < 1e-6, "{got:?}");
+        }
     }
 
     fn zero_grads(vs: &nn::VarStore) {

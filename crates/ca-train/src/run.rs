@@ -886,9 +886,9 @@ pub fn load_run(
         size: common.size as i64,
     };
     let model: Box<dyn CaModel> = match &cfg.model {
-        ModelConfig::Gan(g) => Box::new(
-            GanModel::load(g, geom, &tensors, &file, device)?.with_edit(cfg.apply.gan_edit),
-        ),
+        ModelConfig::Gan(g) => {
+            Box::new(GanModel::load(g, geom, &tensors, &file, device)?.with_edit(&cfg.apply))
+        }
         ModelConfig::Diffusion(d) => Box::new(crate::diffusion::DiffusionModel::load(
             d, geom, &tensors, &file, device,
         )?),
