@@ -1116,6 +1116,15 @@ mod tests {
         }
     }
 
+    /// The value of the term `name` in one step's stats (a panic if it is not logged).
+    fn logged(stats: &StepStats, name: &str) -> f64 {
+        let (_, v) = stats
+            .iter()
+            .find(|(n, _)| *n == name)
+            .unwrap_or_else(|| panic!("{name} is not logged"));
+        v.double_value(&[])
+    }
+
     fn zero_grads(vs: &nn::VarStore) {
         for mut t in vs.trainable_variables() {
             t.zero_grad();
@@ -1268,12 +1277,7 @@ mod tests {
         };
         let before = corr(&on);
         for k in 0..40 {
-            let stats = on.step(&x, 4, k).unwrap();
-            let (_, v) = stats
-                .iter()
-                .find(|(n, _)| *n == "salient_decorrelation")
-                .expect("salient_decorrelation is logged");
-            let v = v.double_value(&[]);
+            let v = logged(&on.step(&x, 4, k).unwrap(), "salient_decorrelation");
             assert!(v.is_finite() && v >= 0.0, "step {k}: {v}");
         }
         let after = corr(&on);
@@ -1322,12 +1326,8 @@ mod tests {
             };
             let before = nce(&on);
             for k in 0..40 {
-                let stats = on.step(&x, 4, k).unwrap();
-                let (_, v) = stats
-                    .iter()
-                    .find(|(n, _)| *n == "salient_nce")
-                    .expect("salient_nce is logged");
-                assert!(v.double_value(&[]).is_finite(), "step {k}");
+                let v = logged(&on.step(&x, 4, k).unwrap(), "salient_nce");
+                assert!(v.is_finite(), "step {k}: {v}");
             }
             let after = nce(&on);
             eprintln!("encoder {encoder}: salient_nce {before:.3} -> {after:.3} (ln 12 = 2.485)");
@@ -1365,15 +1365,8 @@ mod tests {
                 .narrow(2, c, 8)
                 .fill_(1.0);
         }
-        let value = |stats: &StepStats| {
-            stats
-                .iter()
-                .find(|(n, _)| *n == "salient_class")
-                .map(|(_, t)| t.double_value(&[]))
-                .expect("salient_class is logged")
-        };
         let values: Vec<f64> = (0..60)
-            .map(|k| value(&step.step(&x, 4, k).unwrap()))
+            .map(|k| logged(&step.step(&x, 4, k).unwrap(), "salient_class"))
             .collect();
         assert!(
             (values[0] - std::f64::consts::LN_2).abs() < 0.2,
