@@ -61,7 +61,7 @@ pub struct ApplyConfig {
     /// smaller changes blend linearly towards `x` (default 0.1).
     pub gan_mask_scale: f64,
     /// `gan_edit = "masked"`: the mask is widened by this many pixels (a max filter), so the
-    /// soft edges G draws around an edited object are covered (default 1).
+    /// soft edges G draws around an edited object are covered (default 3).
     pub gan_mask_dilate: i64,
 }
 
@@ -70,7 +70,7 @@ impl Default for ApplyConfig {
         ApplyConfig {
             gan_edit: GanEdit::default(),
             gan_mask_scale: 0.1,
-            gan_mask_dilate: 1,
+            gan_mask_dilate: 3,
         }
     }
 }
@@ -705,7 +705,7 @@ mod tests {
         let c =
             RunConfig::from_toml(MINIMAL, "t.toml", &["apply.gan_edit=\"masked\"".into()]).unwrap();
         assert_eq!(c.apply.gan_edit, GanEdit::Masked);
-        assert_eq!((c.apply.gan_mask_scale, c.apply.gan_mask_dilate), (0.1, 1));
+        assert_eq!((c.apply.gan_mask_scale, c.apply.gan_mask_dilate), (0.1, 3));
     }
 
     #[test]
