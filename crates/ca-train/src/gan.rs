@@ -783,10 +783,8 @@ pub struct GanModel {
     dz: i64,
     ds: i64,
     geom: ImageGeometry,
-    edit: GanEdit,
-    /// `apply.gan_mask_scale`, `apply.gan_mask_dilate` (the masked edit).
-    mask_scale: f64,
-    mask_dilate: i64,
+    /// How real images are edited (`[apply]`: `gan_edit` and the masked edit's settings).
+    apply: ApplyConfig,
 }
 
 /// The encoder of a trained GAN, with the var store that owns its weights (kept alive).
@@ -826,17 +824,13 @@ impl GanModel {
             dz: cfg.dz,
             ds: cfg.ds,
             geom,
-            edit: GanEdit::Decode,
-            mask_scale: ApplyConfig::default().gan_mask_scale,
-            mask_dilate: ApplyConfig::default().gan_mask_dilate,
+            apply: ApplyConfig::default(),
         })
     }
 
     /// The same model editing real images the given way (`[apply]`).
     pub fn with_edit(mut self, apply: &ApplyConfig) -> Self {
-        self.edit = apply.gan_edit;
-        self.mask_scale = apply.gan_mask_scale;
-        self.mask_dilate = apply.gan_mask_dilate;
+        self.apply = *apply;
         self
     }
 }
@@ -882,7 +876,7 @@ impl CaModel for GanModel {
         self.g.forward_t(code, false)
     }
     fn edit(&self, x: &Tensor, own: &CaCode, new: &CaCode) -> Tensor {
-        match self.edit {
+        match self.apply.gan_edit {
             GanEdit::Decode => self.decode(new, 0),
             GanEdit::Residual => {
                 let _g = tch::no_grad_guard();
@@ -895,8 +889,8 @@ impl CaModel for GanModel {
                 let m = edit_mask(
                     &new_img,
                     &self.decode(own, 0),
-                    self.mask_scale,
-                    self.mask_dilate,
+                    self.apply.gan_mask_scale,
+                    self.apply.gan_mask_dilate,
                 )
                 .to_kind(new_img.kind());
                 let x = x.to_kind(new_img.kind());
@@ -1076,14 +1070,14 @@ mod tests {
         let (g_own, g_new) = (m.decode(&own, 0), m.decode(&new, 0));
         let w = edit_mask(&g_new, &g_own, 0.05, 0);
         let want = &x + &w * (&g_new - &x);
-        assert!(max_diff(&m.edit(&x, &own, &new), &want) < 1e-6);
+        let edited = m.edit(&x, &own, &new);
+        assert!(max_diff(&edited, &want) < 1e-6);
         let full = w.eq(1.0).to_kind(Kind::Float);
         let none = w.eq(0.0).to_kind(Kind::Float);
         assert!(
             full.sum(Kind::Float).double_value(&[]) > 0.0 && w.lt(1.0).any().int64_value(&[]) == 1,
             "the test needs pixels fully and partly edited: {w:?}"
         );
-        let edited = m.edit(&x, &own, &new);
         assert!(
             max_diff(&(&edited * &full), &(&g_new * &full)) < 1e-6,
             "new rendering where w = 1"
