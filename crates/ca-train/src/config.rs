@@ -54,23 +54,39 @@ pub struct RunConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct ApplyConfig {
     /// How a GAN re-renders a real image `x` (codes `own`) with new codes (counterfactual,
-    /// swap). Diffusion runs always use DDIM inversion.
+    /// swap).
     pub gan_edit: GanEdit,
-    /// `gan_edit = "masked"`: a pixel whose G output changes by this much (mean absolute
-    /// difference over channels, 0-1 scale) between the two codes takes the new rendering fully;
-    /// smaller changes blend linearly towards `x` (default 0.1).
-    pub gan_mask_scale: f64,
-    /// `gan_edit = "masked"`: the mask is widened by this many pixels (a max filter), so the
-    /// soft edges G draws around an edited object are covered (default 3).
-    pub gan_mask_dilate: i64,
+    /// How a diffusion model re-renders a real image `x` with new codes: always through the
+    /// DDIM inversion `x_T` of `x` under `own`, then decoded under the new codes (`invert`)
+    /// or blended into `x` where that decoding differs from the decoding under `own` (`masked`).
+    pub diffusion_edit: DiffusionEdit,
+    /// Diffusion edits: before decoding under the new codes, the inverted `x_T` is mixed with
+    /// fresh noise, `sqrt(1 - r) x_T + sqrt(r) eps` (fixed seed), so less of what the new codes
+    /// remove survives in `x_T` (0 = none, the default; 1 = a fresh `x_T`, keeping only what the
+    /// codes describe). Reconstruction (`render`) never mixes.
+    pub diffusion_renoise: f64,
+    /// The masked edits (`gan_edit` / `diffusion_edit = "masked"`): a pixel whose rendering
+    /// changes by this much (mean absolute difference over channels, 0-1 scale) between the two
+    /// codes takes the new rendering fully; smaller changes blend linearly towards `x`
+    /// (default 0.1). Read as `gan_mask_scale` too (run configs written before the diffusion
+    /// edit had it).
+    #[serde(alias = "gan_mask_scale")]
+    pub mask_scale: f64,
+    /// The masked edits: the mask is widened by this many pixels (a max filter), so the soft
+    /// edges drawn around an edited object are covered (default 3). Read as
+    /// `gan_mask_dilate` too.
+    #[serde(alias = "gan_mask_dilate")]
+    pub mask_dilate: i64,
 }
 
 impl Default for ApplyConfig {
     fn default() -> Self {
         ApplyConfig {
             gan_edit: GanEdit::default(),
-            gan_mask_scale: 0.1,
-            gan_mask_dilate: 3,
+            diffusion_edit: DiffusionEdit::default(),
+            diffusion_renoise: 0.0,
+            mask_scale: 0.1,
+            mask_dilate: 3,
         }
     }
 }
@@ -87,8 +103,24 @@ pub enum GanEdit {
     /// keeps it for a diffusion model.
     Residual,
     /// `x + m * (G(new) - x)`, `m` a soft mask of where G's output changes between the two
-    /// codes (`gan_mask_scale`, `gan_mask_dilate`): the new rendering where the codes change the
+    /// codes (`mask_scale`, `mask_dilate`): the new rendering where the codes change the
     /// image, `x` itself elsewhere.
+    Masked,
+}
+
+/// How a diffusion model edits a real image (`apply.diffusion_edit`). Both start from the DDIM
+/// inversion `x_T` of `x` under its own codes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum DiffusionEdit {
+    /// `D(x_T, new)`: the deterministic DDIM decoding of `x_T` under the new codes (DiffAE's
+    /// edit).
+    #[default]
+    Invert,
+    /// `x + m * (D(x_T, new) - x)`, `m` a soft mask of where `D(x_T, new)` differs from
+    /// `D(x_T, own)` (`mask_scale`, `mask_dilate`): what the inverted `x_T` still carries of the
+    /// removed content is not spread over the rest of the image, which stays `x` itself. One
+    /// more decoding than `invert`.
     Masked,
 }
 
@@ -595,17 +627,24 @@ impl RunConfig {
             return Err(bad("loss.r1_every", "0".into(), "must be at least 1"));
         }
         let a = &self.apply;
-        if !(a.gan_mask_scale > 0.0 && a.gan_mask_scale <= 1.0) {
+        if !(a.mask_scale > 0.0 && a.mask_scale <= 1.0) {
             return Err(bad(
-                "apply.gan_mask_scale",
-                a.gan_mask_scale.to_string(),
-                "must be in (0, 1] (a change of G's output on a 0-1 scale; typical 0.05-0.2)",
+                "apply.mask_scale",
+                a.mask_scale.to_string(),
+                "must be in (0, 1] (a change of the rendering on a 0-1 scale; typical 0.05-0.2)",
             ));
         }
-        if !(0..=8).contains(&a.gan_mask_dilate) {
+        if !(0.0..=1.0).contains(&a.diffusion_renoise) {
             return Err(bad(
-                "apply.gan_mask_dilate",
-                a.gan_mask_dilate.to_string(),
+                "apply.diffusion_renoise",
+                a.diffusion_renoise.to_string(),
+                "must be in [0, 1] (the share of fresh noise in the inverted x_T; 0 = none)",
+            ));
+        }
+        if !(0..=8).contains(&a.mask_dilate) {
+            return Err(bad(
+                "apply.mask_dilate",
+                a.mask_dilate.to_string(),
                 "must be 0-8 pixels",
             ));
         }
@@ -691,10 +730,12 @@ mod tests {
             .to_string();
         assert!(e.contains("loss.swap"), "{e}");
         for set in [
-            "apply.gan_mask_scale=0",
-            "apply.gan_mask_scale=1.5",
-            "apply.gan_mask_dilate=-1",
-            "apply.gan_mask_dilate=9",
+            "apply.mask_scale=0",
+            "apply.mask_scale=1.5",
+            "apply.mask_dilate=-1",
+            "apply.mask_dilate=9",
+            "apply.diffusion_renoise=-0.1",
+            "apply.diffusion_renoise=1.5",
         ] {
             let e = RunConfig::from_toml(MINIMAL, "t.toml", &[set.into()])
                 .unwrap_err()
@@ -705,7 +746,25 @@ mod tests {
         let c =
             RunConfig::from_toml(MINIMAL, "t.toml", &["apply.gan_edit=\"masked\"".into()]).unwrap();
         assert_eq!(c.apply.gan_edit, GanEdit::Masked);
-        assert_eq!((c.apply.gan_mask_scale, c.apply.gan_mask_dilate), (0.1, 3));
+        assert_eq!(c.apply.diffusion_edit, DiffusionEdit::Invert);
+        assert_eq!((c.apply.mask_scale, c.apply.mask_dilate), (0.1, 3));
+        // Run configs written before the diffusion edit name the mask settings `gan_mask_*`.
+        let old = RunConfig::from_toml(
+            MINIMAL,
+            "t.toml",
+            &[
+                "apply.gan_mask_scale=0.2".into(),
+                "apply.gan_mask_dilate=1".into(),
+                "apply.diffusion_edit=\"masked\"".into(),
+            ],
+        )
+        .unwrap();
+        assert_eq!((old.apply.mask_scale, old.apply.mask_dilate), (0.2, 1));
+        assert_eq!(old.apply.diffusion_edit, DiffusionEdit::Masked);
+        let e = RunConfig::from_toml(MINIMAL, "t.toml", &["apply.gan_mask_scale=0".into()])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("apply.mask_scale"), "{e}");
     }
 
     #[test]

@@ -64,10 +64,10 @@ use tch::{Device, Kind, Tensor};
 
 use crate::adam::{Adam, AdamConfig};
 use crate::checkpoint::{self, CheckpointError};
-use crate::config::{InvarianceScope, LossConfig, OptimConfig};
+use crate::config::{ApplyConfig, DiffusionEdit, InvarianceScope, LossConfig, OptimConfig};
 use crate::ema;
 use crate::gan::{MMD_BANDWIDTHS, StepStats, masked_mean, stats_in_fp32, z_adversary_terms};
-use crate::model::CaModel;
+use crate::model::{CaModel, masked_edit};
 use crate::run::{TrainError, TrainStep};
 use crate::salient_terms::{self, salient_decorrelation};
 
@@ -730,7 +730,13 @@ pub struct DiffusionModel {
     dz: i64,
     ds: i64,
     geom: ImageGeometry,
+    /// How real images are edited (`[apply]`: `diffusion_edit`, `diffusion_renoise` and the
+    /// masked edit's settings).
+    apply: ApplyConfig,
 }
+
+/// Seed of the fresh noise that `apply.diffusion_renoise` mixes into an inverted `x_T`.
+pub const RENOISE_SEED: u64 = 0x02E4_015E;
 
 impl DiffusionModel {
     /// Build the inference networks and fill them from `model.safetensors` tensors.
@@ -762,7 +768,14 @@ impl DiffusionModel {
             dz: cfg.dz,
             ds: cfg.ds,
             geom,
+            apply: ApplyConfig::default(),
         })
+    }
+
+    /// The same model editing real images the given way (`[apply]`).
+    pub fn with_edit(mut self, apply: &ApplyConfig) -> Self {
+        self.apply = *apply;
+        self
     }
 
     /// DDIM inversion of images `x` under their codes `own`: the `x_T` that
@@ -827,8 +840,24 @@ impl CaModel for DiffusionModel {
         ddim_decode(&self.unet, &self.schedule, &code, seed, steps).expect("steps are capped at T")
     }
     fn edit(&self, x: &Tensor, own: &CaCode, new: &CaCode) -> Tensor {
-        let x_t = self.invert(x, own);
-        self.decode_from(&x_t, new)
+        let _g = tch::no_grad_guard();
+        let mut x_t = self.invert(x, own);
+        let r = self.apply.diffusion_renoise;
+        if r > 0.0 {
+            let eps = seeded_noise(&x_t.size(), RENOISE_SEED, x_t.device());
+            x_t = x_t * (1.0 - r).sqrt() + eps * r.sqrt();
+        }
+        let new_img = self.decode_from(&x_t, new);
+        match self.apply.diffusion_edit {
+            DiffusionEdit::Invert => new_img,
+            DiffusionEdit::Masked => {
+                masked_edit(x, &new_img, &self.decode_from(&x_t, own), &self.apply)
+            }
+        }
+    }
+    fn render(&self, x: &Tensor, code: &CaCode) -> Tensor {
+        let _g = tch::no_grad_guard();
+        self.decode_from(&self.invert(x, code), code)
     }
     fn sample_codes(&self, n: i64, target: bool, seed: u64) -> CaCode {
         let steps = steps_from_env(
@@ -1186,5 +1215,84 @@ mod tests {
             .err()
             .expect("missing tensor");
         assert!(e.to_string().contains("prior.mean"), "{e}");
+    }
+
+    /// `[apply]` on a diffusion model: `masked` returns the input where the two decodings of
+    /// the inverted `x_T` agree and their blend elsewhere; `diffusion_renoise = 1` replaces
+    /// `x_T` by the fixed-seed noise; reconstruction (`render`) ignores both.
+    #[test]
+    fn diffusion_edits_follow_apply() {
+        let st = new_step(3);
+        let x = batch();
+        // Fresh weights, the UNet's perturbed: its code projections start at zero, so the codes
+        // would not change the decoding yet.
+        tch::manual_seed(6);
+        let tensors: HashMap<String, Tensor> = st
+            .model_tensors()
+            .into_iter()
+            .map(|(n, t)| {
+                let t = if n.starts_with("unet.") && t.is_floating_point() {
+                    &t + t.randn_like() * 0.05
+                } else {
+                    t.copy()
+                };
+                (n, t)
+            })
+            .collect();
+        let load = |apply: ApplyConfig| {
+            DiffusionModel::load(&tiny_cfg(), GEOM, &tensors, Path::new("m"), Device::Cpu)
+                .unwrap()
+                .with_edit(&apply)
+        };
+        let plain = load(ApplyConfig::default());
+        let own = plain.encode(&x);
+        let new = own.without_salient();
+        let x_t = plain.invert(&x, &own);
+        let (d_own, d_new) = (plain.decode_from(&x_t, &own), plain.decode_from(&x_t, &new));
+        assert!(
+            max_diff(&d_own, &d_new) > 1e-4,
+            "the codes change the decoding"
+        );
+        assert_eq!(max_diff(&plain.edit(&x, &own, &new), &d_new), 0.0, "invert");
+        assert_eq!(max_diff(&plain.render(&x, &own), &d_own), 0.0, "render");
+
+        let apply = ApplyConfig {
+            diffusion_edit: DiffusionEdit::Masked,
+            mask_scale: 0.01,
+            mask_dilate: 0,
+            ..Default::default()
+        };
+        let masked = load(apply);
+        assert_eq!(
+            max_diff(&masked.edit(&x, &own, &own), &x),
+            0.0,
+            "same codes: x"
+        );
+        let want = crate::model::masked_edit(&x, &d_new, &d_own, &apply);
+        assert_eq!(max_diff(&masked.edit(&x, &own, &new), &want), 0.0);
+        assert!(max_diff(&want, &x) > 1e-4 && max_diff(&want, &d_new) > 1e-4);
+        assert_eq!(max_diff(&masked.render(&x, &own), &d_own), 0.0, "render");
+
+        let fresh = load(ApplyConfig {
+            diffusion_renoise: 1.0,
+            ..Default::default()
+        });
+        let eps = seeded_noise(&x_t.size(), RENOISE_SEED, Device::Cpu);
+        let want = plain.decode_from(&eps, &new);
+        assert!(
+            max_diff(&fresh.edit(&x, &own, &new), &want) < 1e-6,
+            "x_T replaced"
+        );
+        assert_eq!(max_diff(&fresh.render(&x, &own), &d_own), 0.0, "render");
+        let half = load(ApplyConfig {
+            diffusion_renoise: 0.5,
+            ..Default::default()
+        });
+        let mixed = &x_t * 0.5f64.sqrt() + &eps * 0.5f64.sqrt();
+        let want = plain.decode_from(&mixed, &new);
+        assert!(
+            max_diff(&half.edit(&x, &own, &new), &want) < 1e-6,
+            "x_T mixed"
+        );
     }
 }

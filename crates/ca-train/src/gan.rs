@@ -31,7 +31,7 @@ use crate::config::{
     AdversarialKind, ApplyConfig, GanEdit, InvarianceScope, LossConfig, OptimConfig, ZAdversaryKind,
 };
 use crate::ema;
-use crate::model::CaModel;
+use crate::model::{CaModel, masked_edit};
 use crate::salient_terms::{self, salient_decorrelation};
 
 /// Errors of building or loading a GAN.
@@ -835,19 +835,6 @@ impl GanModel {
     }
 }
 
-/// The masked edit's blend weight `[N, 1, H, W]`: `mean_c |a - b| / 2` (images in `[-1, 1]`,
-/// so a 0-1 scale) divided by `scale` and clamped to `[0, 1]`, then widened by a
-/// `(2 * dilate + 1)`-pixel max filter.
-pub fn edit_mask(a: &Tensor, b: &Tensor, scale: f64, dilate: i64) -> Tensor {
-    let d = ((a - b).abs().mean_dim(1, true, Kind::Float) * (0.5 / scale)).clamp(0.0, 1.0);
-    if dilate > 0 {
-        let k = 2 * dilate + 1;
-        d.max_pool2d([k, k], [1, 1], [dilate, dilate], [1, 1], false)
-    } else {
-        d
-    }
-}
-
 impl CaModel for GanModel {
     fn family(&self) -> &'static str {
         "gan"
@@ -885,16 +872,7 @@ impl CaModel for GanModel {
             }
             GanEdit::Masked => {
                 let _g = tch::no_grad_guard();
-                let new_img = self.decode(new, 0);
-                let m = edit_mask(
-                    &new_img,
-                    &self.decode(own, 0),
-                    self.apply.gan_mask_scale,
-                    self.apply.gan_mask_dilate,
-                )
-                .to_kind(new_img.kind());
-                let x = x.to_kind(new_img.kind());
-                &x + m * (new_img - &x)
+                masked_edit(x, &self.decode(new, 0), &self.decode(own, 0), &self.apply)
             }
         }
     }
@@ -999,6 +977,7 @@ mod tests {
     use super::test_support::{GEOM32, no_default_terms, test_optim, tiny_cfg};
     use super::*;
     use crate::config::LossConfig;
+    use crate::model::edit_mask;
 
     /// `apply.gan_edit`: `decode` re-renders from the new codes; `residual` adds G's change
     /// between the codes to the input (so equal codes return the input); both reconstruct by
@@ -1042,7 +1021,7 @@ mod tests {
     }
 
     /// `apply.gan_edit = "masked"`: the input where G's output does not change, G's new
-    /// rendering where it changes by `gan_mask_scale` or more, a linear blend between.
+    /// rendering where it changes by `mask_scale` or more, a linear blend between.
     #[test]
     fn masked_edit_keeps_the_input_where_the_codes_change_nothing() {
         tch::manual_seed(0);
@@ -1052,8 +1031,9 @@ mod tests {
         let file = std::path::Path::new("in-memory");
         let apply = ApplyConfig {
             gan_edit: GanEdit::Masked,
-            gan_mask_scale: 0.05,
-            gan_mask_dilate: 0,
+            mask_scale: 0.05,
+            mask_dilate: 0,
+            ..Default::default()
         };
         let m = GanModel::load(&cfg, GEOM32, &tensors, file, Device::Cpu)
             .unwrap()
@@ -1086,28 +1066,6 @@ mod tests {
             max_diff(&(&edited * &none), &(&x * &none)) < 1e-6,
             "input where w = 0"
         );
-    }
-
-    /// The mask on hand-computed values: mean over channels of |a - b| / 2, over the scale,
-    /// clamped, then a max filter of the dilation's width.
-    #[test]
-    fn edit_mask_by_hand() {
-        // One image, 2 channels, 1 x 4: differences per pixel (c0, c1) = (0, 0), (0.1, 0.1),
-        // (0.4, 0), (1.0, 1.0); mean/2 = 0, 0.05, 0.1, 0.5; over scale 0.1: 0, 0.5, 1, 5 -> clamp.
-        let a = Tensor::from_slice(&[0.0f32, 0.1, 0.4, 1.0, 0.0, 0.1, 0.0, 1.0]).view([1, 2, 1, 4]);
-        let b = Tensor::zeros([1, 2, 1, 4], (Kind::Float, Device::Cpu));
-        let m = edit_mask(&a, &b, 0.1, 0);
-        assert_eq!(m.size(), [1, 1, 1, 4]);
-        let got: Vec<f32> = m.flatten(0, -1).try_into().unwrap();
-        for (g, w) in got.iter().zip([0.0f32, 0.5, 1.0, 1.0]) {
-            assert!((g - w).abs() < 1e-6, "{got:?}");
-        }
-        // Dilation 1 on the same row: each pixel takes the max of itself and its neighbours.
-        let a = Tensor::from_slice(&[0.0f32, 0.0, 0.1, 0.0, 0.0, 0.0, 0.1, 0.0]).view([1, 2, 1, 4]);
-        let got: Vec<f32> = edit_mask(&a, &b, 0.1, 1).flatten(0, -1).try_into().unwrap();
-        for (g, w) in got.iter().zip([0.0f32, 0.5, 0.5, 0.5]) {
-            assert!((g - w).abs() < 1e-6, "{got:?}");
-        }
     }
 
     /// The value of the term `name` in one step's stats (a panic if it is not logged).

@@ -5,7 +5,9 @@
 //! Images are float `[B, C, H, W]` in `[-1, 1]` on the model's device.
 
 use ca_models::{CaCode, ImageGeometry};
-use tch::{Device, Tensor};
+use tch::{Device, Kind, Tensor};
+
+use crate::config::ApplyConfig;
 
 /// A trained contrastive-analysis model, ready for inference (EMA weights, eval mode).
 pub trait CaModel {
@@ -37,6 +39,30 @@ pub trait CaModel {
     }
     /// Draw new codes: background codes (`s = 0`) when `target` is false.
     fn sample_codes(&self, n: i64, target: bool, seed: u64) -> CaCode;
+}
+
+/// The masked edits' blend weight `[N, 1, H, W]`: `mean_c |a - b| / 2` (images in `[-1, 1]`,
+/// so a 0-1 scale) divided by `scale` and clamped to `[0, 1]`, then widened by a
+/// `(2 * dilate + 1)`-pixel max filter.
+pub fn edit_mask(a: &Tensor, b: &Tensor, scale: f64, dilate: i64) -> Tensor {
+    let d = ((a - b).abs().mean_dim(1, true, Kind::Float) * (0.5 / scale)).clamp(0.0, 1.0);
+    if dilate > 0 {
+        let k = 2 * dilate + 1;
+        d.max_pool2d([k, k], [1, 1], [dilate, dilate], [1, 1], false)
+    } else {
+        d
+    }
+}
+
+/// The masked edit of `x` (both families): `x + m * (new_img - x)`, `m` = [`edit_mask`] of
+/// `new_img` against `own_img` (the model's renderings of `x` under the new and its own codes,
+/// `apply.mask_scale`, `apply.mask_dilate`). Where the change of codes changes nothing, `x` is
+/// returned unchanged; where it changes the rendering by `mask_scale` or more, the new rendering.
+pub fn masked_edit(x: &Tensor, new_img: &Tensor, own_img: &Tensor, apply: &ApplyConfig) -> Tensor {
+    let m =
+        edit_mask(new_img, own_img, apply.mask_scale, apply.mask_dilate).to_kind(new_img.kind());
+    let x = x.to_kind(new_img.kind());
+    &x + m * (new_img - &x)
 }
 
 /// The codes used to reconstruct images of known groups: `s := 0` for background rows
@@ -88,4 +114,31 @@ pub fn batched(x: &Tensor, batch: i64, mut f: impl FnMut(&Tensor) -> Tensor) -> 
         i += len;
     }
     Tensor::cat(&out, 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The mask on hand-computed values: mean over channels of |a - b| / 2, over the scale,
+    /// clamped, then a max filter of the dilation's width.
+    #[test]
+    fn edit_mask_by_hand() {
+        // One image, 2 channels, 1 x 4: differences per pixel (c0, c1) = (0, 0), (0.1, 0.1),
+        // (0.4, 0), (1.0, 1.0); mean/2 = 0, 0.05, 0.1, 0.5; over scale 0.1: 0, 0.5, 1, 5 -> clamp.
+        let a = Tensor::from_slice(&[0.0f32, 0.1, 0.4, 1.0, 0.0, 0.1, 0.0, 1.0]).view([1, 2, 1, 4]);
+        let b = Tensor::zeros([1, 2, 1, 4], (Kind::Float, Device::Cpu));
+        let m = edit_mask(&a, &b, 0.1, 0);
+        assert_eq!(m.size(), [1, 1, 1, 4]);
+        let got: Vec<f32> = m.flatten(0, -1).try_into().unwrap();
+        for (g, w) in got.iter().zip([0.0f32, 0.5, 1.0, 1.0]) {
+            assert!((g - w).abs() < 1e-6, "{got:?}");
+        }
+        // Dilation 1 on the same row: each pixel takes the max of itself and its neighbours.
+        let a = Tensor::from_slice(&[0.0f32, 0.0, 0.1, 0.0, 0.0, 0.0, 0.1, 0.0]).view([1, 2, 1, 4]);
+        let got: Vec<f32> = edit_mask(&a, &b, 0.1, 1).flatten(0, -1).try_into().unwrap();
+        for (g, w) in got.iter().zip([0.0f32, 0.5, 0.5, 0.5]) {
+            assert!((g - w).abs() < 1e-6, "{got:?}");
+        }
+    }
 }
