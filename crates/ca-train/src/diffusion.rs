@@ -42,7 +42,7 @@
 //! **Sampling budgets** (not config keys; the model config is not this module's): sample grids
 //! use [`GRID_DDIM_STEPS`] deterministic DDIM steps from noise seeded by [`GRID_NOISE_SEED`];
 //! [`DiffusionModel::decode`] uses `CA_DDIM_STEPS` (env, default [`DEFAULT_DDIM_STEPS`]);
-//! [`DiffusionModel::edit`] inverts and re-decodes with `CA_INVERT_STEPS` (env, default
+//! [`DiffusionModel::edit`] (and `render`) inverts and re-decodes with `CA_INVERT_STEPS` (env, default
 //! [`DEFAULT_INVERT_STEPS`]); code sampling from the prior uses `CA_PRIOR_STEPS` (env, default
 //! [`DEFAULT_PRIOR_STEPS`]). Every count is capped at the schedule's `T`.
 //!

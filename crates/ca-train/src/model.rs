@@ -28,12 +28,15 @@ pub trait CaModel {
     fn decode(&self, code: &CaCode, seed: u64) -> Tensor;
     /// Re-render the images `x`, whose codes are `own`, with the codes `new` — keeping what the
     /// codes do not describe where the model can (diffusion: DDIM inversion of `x` under `own`,
-    /// then decoding under `new`; GAN: `apply.gan_edit`, decoding `new`, adding
-    /// `G(new) - G(own)` to `x`, or blending `G(new)` into `x` where it differs from `G(own)`).
+    /// then, per `apply.diffusion_edit`, decoding under `new` or blending that decoding into `x`
+    /// where it differs from the decoding under `own`; GAN: `apply.gan_edit`, decoding `new`,
+    /// adding `G(new) - G(own)` to `x`, or blending `G(new)` into `x` where it differs from
+    /// `G(own)`).
     fn edit(&self, x: &Tensor, own: &CaCode, new: &CaCode) -> Tensor;
     /// The model's own rendering of `x` from its codes `code` (what `reconstruct` and the
-    /// reconstruction PSNR measure). Default: `edit(x, code, code)` (diffusion: inversion, then
-    /// decoding). A model whose edit could return `x` unchanged overrides it.
+    /// reconstruction PSNR measure). Default: `edit(x, code, code)`. A model whose edit could
+    /// return `x` unchanged overrides it (both families do: the masked edits return `x` for
+    /// unchanged codes).
     fn render(&self, x: &Tensor, code: &CaCode) -> Tensor {
         self.edit(x, code, code)
     }
