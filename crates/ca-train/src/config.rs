@@ -57,14 +57,21 @@ pub struct ApplyConfig {
     /// swap).
     pub gan_edit: GanEdit,
     /// How a diffusion model re-renders a real image `x` with new codes: always through the
-    /// DDIM inversion `x_T` of `x` under `own`, then decoded under the new codes (`invert`)
-    /// or blended into `x` where that decoding differs from the decoding under `own` (`masked`).
+    /// DDIM inversion `x_T` of `x` under `own`, then decoded under the new codes (`invert`),
+    /// blended into `x` where that decoding differs from the decoding under `own` (`masked`), or
+    /// regenerated there against the rest of `x` (`inpaint`).
     pub diffusion_edit: DiffusionEdit,
     /// Diffusion edits: before decoding under the new codes, the inverted `x_T` is mixed with
     /// fresh noise, `sqrt(1 - r) x_T + sqrt(r) eps` (fixed seed), so less of what the new codes
     /// remove survives in `x_T` (0 = none, the default; 1 = a fresh `x_T`, keeping only what the
-    /// codes describe). Reconstruction (`render`) never mixes.
+    /// codes describe). `inpaint` mixes only the start of the regenerated region (its mask is
+    /// taken before mixing). Reconstruction (`render`) never mixes.
     pub diffusion_renoise: f64,
+    /// Diffusion edits: the decoding under the new codes is guided away from the image's own
+    /// codes, denoiser output `(1 + w) f(new) - w f(own)` at every step, so what the change of
+    /// codes changes is changed `1 + w` times as much (0 = plain decoding, the default; each
+    /// step then costs two UNet evaluations). Reconstruction (`render`) is never guided.
+    pub diffusion_guidance: f64,
     /// The masked edits (`gan_edit` / `diffusion_edit = "masked"`): a pixel whose rendering
     /// changes by this much (mean absolute difference over channels, 0-1 scale) between the two
     /// codes takes the new rendering fully; smaller changes blend linearly towards `x`
@@ -85,6 +92,7 @@ impl Default for ApplyConfig {
             gan_edit: GanEdit::default(),
             diffusion_edit: DiffusionEdit::default(),
             diffusion_renoise: 0.0,
+            diffusion_guidance: 0.0,
             mask_scale: 0.1,
             mask_dilate: 3,
         }
@@ -122,6 +130,12 @@ pub enum DiffusionEdit {
     /// removed content is not spread over the rest of the image, which stays `x` itself. One
     /// more decoding than `invert`.
     Masked,
+    /// The masked edit's region regenerated: DDIM decoding under the new codes where, at every
+    /// level, the latent outside the mask is held to the inversion path of `x` (inpainting), so
+    /// the region is drawn to fit its surroundings, and what `x_T` carries of the removed content
+    /// inside it can be replaced by fresh noise (`diffusion_renoise`, there only). Outside the
+    /// mask the result is `x`. One more decoding than `masked`.
+    Inpaint,
 }
 
 /// The model family, chosen by `family = "gan" | "diffusion"` in `[model]`.
@@ -641,6 +655,13 @@ impl RunConfig {
                 "must be in [0, 1] (the share of fresh noise in the inverted x_T; 0 = none)",
             ));
         }
+        if !(0.0..=10.0).contains(&a.diffusion_guidance) {
+            return Err(bad(
+                "apply.diffusion_guidance",
+                a.diffusion_guidance.to_string(),
+                "must be in [0, 10] (how many times more the new codes' change is applied, less 1; 0 = none)",
+            ));
+        }
         if !(0..=8).contains(&a.mask_dilate) {
             return Err(bad(
                 "apply.mask_dilate",
@@ -736,6 +757,8 @@ mod tests {
             "apply.mask_dilate=9",
             "apply.diffusion_renoise=-0.1",
             "apply.diffusion_renoise=1.5",
+            "apply.diffusion_guidance=-1",
+            "apply.diffusion_guidance=11",
         ] {
             let e = RunConfig::from_toml(MINIMAL, "t.toml", &[set.into()])
                 .unwrap_err()
@@ -761,6 +784,21 @@ mod tests {
         .unwrap();
         assert_eq!((old.apply.mask_scale, old.apply.mask_dilate), (0.2, 1));
         assert_eq!(old.apply.diffusion_edit, DiffusionEdit::Masked);
+        let c = RunConfig::from_toml(
+            MINIMAL,
+            "t.toml",
+            &["apply.diffusion_edit=\"inpaint\"".into()],
+        )
+        .unwrap();
+        assert_eq!(c.apply.diffusion_edit, DiffusionEdit::Inpaint);
+        let e = RunConfig::from_toml(
+            MINIMAL,
+            "t.toml",
+            &["apply.diffusion_edit=\"paint\"".into()],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("inpaint") && e.contains("diffusion_edit"), "{e}");
         let e = RunConfig::from_toml(MINIMAL, "t.toml", &["apply.gan_mask_scale=0".into()])
             .unwrap_err()
             .to_string();

@@ -55,8 +55,8 @@ use std::path::Path;
 use ca_losses::{diffusion as dloss, info, invariance};
 use ca_models::blocks::native::{AutocastDtype, AutocastGuard};
 use ca_models::diffusion::{
-    self as dm, CodeGroup, CondUnet, DdimOptions, DiffusionError, DiffusionModelConfig,
-    LatentPrior, NoiseSchedule, Prediction, SemanticEncoder, TorchNoise, ddim,
+    self as dm, CodeGroup, CondUnet, DdimOptions, DiffusionError, DiffusionModelConfig, Guided,
+    GuidedCond, LatentPrior, NoiseSchedule, Prediction, SemanticEncoder, TorchNoise, ddim,
 };
 use ca_models::{CaCode, ImageGeometry};
 use tch::nn::{self, Module, VarStore};
@@ -67,7 +67,7 @@ use crate::checkpoint::{self, CheckpointError};
 use crate::config::{ApplyConfig, DiffusionEdit, InvarianceScope, LossConfig, OptimConfig};
 use crate::ema;
 use crate::gan::{MMD_BANDWIDTHS, StepStats, masked_mean, stats_in_fp32, z_adversary_terms};
-use crate::model::{CaModel, masked_edit};
+use crate::model::{CaModel, edit_mask, masked_edit};
 use crate::run::{TrainError, TrainStep};
 use crate::salient_terms::{self, salient_decorrelation};
 
@@ -781,22 +781,91 @@ impl DiffusionModel {
     /// DDIM inversion of images `x` under their codes `own`: the `x_T` that
     /// [`DiffusionModel::decode_from`] maps back to `x` (env `CA_INVERT_STEPS` steps).
     pub fn invert(&self, x: &Tensor, own: &CaCode) -> Tensor {
-        let steps = steps_from_env(
+        let steps = self.invert_steps();
+        ddim::invert(&self.unet, &self.schedule, x, own, steps).expect("steps are capped at T")
+    }
+
+    fn invert_steps(&self) -> usize {
+        steps_from_env(
             "CA_INVERT_STEPS",
             DEFAULT_INVERT_STEPS,
             self.schedule.timesteps(),
+        )
+    }
+
+    /// `x_T` mixed with the fixed-seed noise by `apply.diffusion_renoise` (unchanged at 0).
+    fn renoised(&self, x_t: Tensor) -> Tensor {
+        let r = self.apply.diffusion_renoise;
+        if r > 0.0 {
+            let eps = seeded_noise(&x_t.size(), RENOISE_SEED, x_t.device());
+            x_t * (1.0 - r).sqrt() + eps * r.sqrt()
+        } else {
+            x_t
+        }
+    }
+
+    /// `apply.diffusion_edit = "inpaint"`: the masked edit's mask (decodings of the inverted
+    /// `x_T` under `new` and `own`), then DDIM decoding under `new` (guided) from the renoised
+    /// `x_T` with everything outside the mask held to the inversion path of `x`.
+    fn inpaint(&self, x: &Tensor, own: &CaCode, new: &CaCode) -> Tensor {
+        let steps = self.invert_steps();
+        let path = ddim::invert_path(&self.unet, &self.schedule, x, own, steps)
+            .expect("steps are capped at T");
+        let x_t = path.last().expect("at least one step");
+        let mask = edit_mask(
+            &self.decode_edit(x_t, new, own),
+            &self.decode_from(x_t, own),
+            self.apply.mask_scale,
+            self.apply.mask_dilate,
         );
-        ddim::invert(&self.unet, &self.schedule, x, own, steps).expect("steps are capped at T")
+        ddim::sample_inpaint(
+            &self.guided(),
+            &self.schedule,
+            &GuidedCond {
+                toward: new,
+                away: own,
+            },
+            &self.renoised(x_t.shallow_clone()),
+            &path,
+            x,
+            &mask,
+            &DdimOptions::deterministic(steps),
+            &mut TorchNoise,
+        )
+        .expect("the path has the steps' length")
+        .clamp(-1.0, 1.0)
+    }
+
+    /// The UNet guided by `apply.diffusion_guidance`.
+    fn guided(&self) -> Guided<'_, CondUnet> {
+        Guided {
+            denoiser: &self.unet,
+            weight: self.apply.diffusion_guidance,
+        }
+    }
+
+    /// [`DiffusionModel::decode_from`] under the new codes `new` of an edit, guided away from
+    /// the image's own codes `own` by `apply.diffusion_guidance`.
+    pub fn decode_edit(&self, x_t: &Tensor, new: &CaCode, own: &CaCode) -> Tensor {
+        ddim::sample(
+            &self.guided(),
+            &self.schedule,
+            &GuidedCond {
+                toward: new,
+                away: own,
+            },
+            x_t,
+            &DdimOptions::deterministic(self.invert_steps()),
+            &mut TorchNoise,
+        )
+        .expect("steps are capped at T")
+        .clamp(-1.0, 1.0)
     }
 
     /// Deterministic DDIM decoding of `code` from a given `x_T` (env `CA_INVERT_STEPS` steps, the
     /// inversion's), output clamped to `[-1, 1]`.
     pub fn decode_from(&self, x_t: &Tensor, code: &CaCode) -> Tensor {
-        let steps = steps_from_env(
-            "CA_INVERT_STEPS",
-            DEFAULT_INVERT_STEPS,
-            self.schedule.timesteps(),
-        );
+        let steps = self.invert_steps();
         ddim::sample(
             &self.unet,
             &self.schedule,
@@ -841,18 +910,16 @@ impl CaModel for DiffusionModel {
     }
     fn edit(&self, x: &Tensor, own: &CaCode, new: &CaCode) -> Tensor {
         let _g = tch::no_grad_guard();
-        let mut x_t = self.invert(x, own);
-        let r = self.apply.diffusion_renoise;
-        if r > 0.0 {
-            let eps = seeded_noise(&x_t.size(), RENOISE_SEED, x_t.device());
-            x_t = x_t * (1.0 - r).sqrt() + eps * r.sqrt();
-        }
-        let new_img = self.decode_from(&x_t, new);
         match self.apply.diffusion_edit {
-            DiffusionEdit::Invert => new_img,
+            DiffusionEdit::Invert => {
+                self.decode_edit(&self.renoised(self.invert(x, own)), new, own)
+            }
             DiffusionEdit::Masked => {
+                let x_t = self.renoised(self.invert(x, own));
+                let new_img = self.decode_edit(&x_t, new, own);
                 masked_edit(x, &new_img, &self.decode_from(&x_t, own), &self.apply)
             }
+            DiffusionEdit::Inpaint => self.inpaint(x, own, new),
         }
     }
     fn render(&self, x: &Tensor, code: &CaCode) -> Tensor {
@@ -1219,7 +1286,8 @@ mod tests {
 
     /// `[apply]` on a diffusion model: `masked` returns the input where the two decodings of
     /// the inverted `x_T` agree and their blend elsewhere; `diffusion_renoise = 1` replaces
-    /// `x_T` by the fixed-seed noise; reconstruction (`render`) ignores both.
+    /// `x_T` by the fixed-seed noise; `inpaint` is the inpainting sampler with the masked edit's
+    /// mask; reconstruction (`render`) ignores them all.
     #[test]
     fn diffusion_edits_follow_apply() {
         let st = new_step(3);
@@ -1294,5 +1362,90 @@ mod tests {
             max_diff(&half.edit(&x, &own, &new), &want) < 1e-6,
             "x_T mixed"
         );
+
+        // inpaint: x for unchanged codes; otherwise the inpainting sampler run by hand, from
+        // the renoised x_T, with the masked edit's mask; x itself where that mask is 0.
+        let apply = ApplyConfig {
+            diffusion_edit: DiffusionEdit::Inpaint,
+            diffusion_renoise: 1.0,
+            mask_scale: 0.05,
+            mask_dilate: 0,
+            ..Default::default()
+        };
+        let inpaint = load(apply);
+        assert_eq!(max_diff(&inpaint.edit(&x, &own, &own), &x), 0.0);
+        let got = inpaint.edit(&x, &own, &new);
+        let steps = plain.invert_steps();
+        let path = ddim::invert_path(&plain.unet, &plain.schedule, &x, &own, steps).unwrap();
+        let mask = crate::model::edit_mask(&d_new, &d_own, 0.05, 0);
+        let want = ddim::sample_inpaint(
+            &plain.unet,
+            &plain.schedule,
+            &new,
+            &eps,
+            &path,
+            &x,
+            &mask,
+            &DdimOptions::deterministic(steps),
+            &mut TorchNoise,
+        )
+        .unwrap()
+        .clamp(-1.0, 1.0);
+        assert!(max_diff(&got, &want) < 1e-6, "inpainting");
+        let m = mask.mean(Kind::Float).double_value(&[]);
+        assert!(m > 0.05 && m < 0.95, "a partial mask ({m})");
+        // The last blend: |got - x| = m |generated - x| <= 2 m (images in [-1, 1]).
+        let excess = ((&got - &x).abs() - &mask * 2.0).max().double_value(&[]);
+        assert!(excess < 1e-5, "departs from x beyond the mask ({excess})");
+        assert!(max_diff(&got, &x) > 1e-3 && max_diff(&got, &masked.edit(&x, &own, &new)) > 1e-3);
+        assert_eq!(max_diff(&inpaint.render(&x, &own), &d_own), 0.0, "render");
+
+        // Guidance: the DDIM decoding of x_T with (1 + w) f(new) - w f(own) at every step; with
+        // unchanged codes the plain decoding; never in render.
+        let guided = load(ApplyConfig {
+            diffusion_guidance: 2.0,
+            ..Default::default()
+        });
+        let steps = plain.invert_steps();
+        let mut want = x_t.shallow_clone();
+        let ts = ddim::ddim_timesteps(&plain.schedule, steps).unwrap();
+        let _g = tch::no_grad_guard();
+        for i in (0..ts.len()).rev() {
+            let t = Tensor::full([x.size()[0]], ts[i], (Kind::Int64, Device::Cpu));
+            let out = plain.unet.forward_t(&want, &t, &new, false) * 3.0
+                - plain.unet.forward_t(&want, &t, &own, false) * 2.0;
+            let (a_t, a_prev) = (
+                plain.schedule.alpha_bar(ts[i]),
+                if i > 0 {
+                    plain.schedule.alpha_bar(ts[i - 1])
+                } else {
+                    1.0
+                },
+            );
+            let (eps, x0) = match plain.unet.prediction() {
+                Prediction::Eps => (
+                    out.shallow_clone(),
+                    (&want - &out * (1.0 - a_t).sqrt()) / a_t.sqrt(),
+                ),
+                Prediction::V => (
+                    &want * (1.0 - a_t).sqrt() + &out * a_t.sqrt(),
+                    &want * a_t.sqrt() - &out * (1.0 - a_t).sqrt(),
+                ),
+            };
+            want = x0 * a_prev.sqrt() + eps * (1.0 - a_prev).sqrt();
+        }
+        let want = want.clamp(-1.0, 1.0);
+        let got = guided.edit(&x, &own, &new);
+        assert!(
+            max_diff(&got, &want) < 1e-4,
+            "guided decoding ({})",
+            max_diff(&got, &want)
+        );
+        assert!(max_diff(&got, &d_new) > 1e-4, "guidance changes the edit");
+        assert!(
+            max_diff(&guided.edit(&x, &own, &own), &d_own) < 1e-5,
+            "same codes"
+        );
+        assert_eq!(max_diff(&guided.render(&x, &own), &d_own), 0.0, "render");
     }
 }

@@ -28,8 +28,10 @@ pub trait CaModel {
     fn decode(&self, code: &CaCode, seed: u64) -> Tensor;
     /// Re-render the images `x`, whose codes are `own`, with the codes `new` — keeping what the
     /// codes do not describe where the model can (diffusion: DDIM inversion of `x` under `own`,
-    /// then, per `apply.diffusion_edit`, decoding under `new` or blending that decoding into `x`
-    /// where it differs from the decoding under `own`; GAN: `apply.gan_edit`, decoding `new`,
+    /// then, per `apply.diffusion_edit`, decoding under `new`, blending that decoding into `x`
+    /// where it differs from the decoding under `own`, or regenerating that region against the
+    /// rest of `x`, each decoding under `new` guided away from `own` by
+    /// `apply.diffusion_guidance`; GAN: `apply.gan_edit`, decoding `new`,
     /// adding `G(new) - G(own)` to `x`, or blending `G(new)` into `x` where it differs from
     /// `G(own)`).
     fn edit(&self, x: &Tensor, own: &CaCode, new: &CaCode) -> Tensor;

@@ -30,7 +30,7 @@ pub mod unet;
 pub use config::{
     DiffusionModelConfig, EncoderConfig, LatentPriorConfig, Prediction, ScheduleConfig,
 };
-pub use ddim::{DdimOptions, Denoiser, NoiseSource, TorchNoise};
+pub use ddim::{DdimOptions, Denoiser, Guided, GuidedCond, NoiseSource, TorchNoise};
 pub use encoder::SemanticEncoder;
 pub use latent_prior::{CodeGroup, LatentPrior};
 pub use schedule::NoiseSchedule;
