@@ -450,68 +450,34 @@ mod tests {
         );
         let noise = Tensor::randn([2, 3, 4, 4], (Kind::Float, Device::Cpu));
         let opts = DdimOptions::deterministic(12);
-        let out = sample_inpaint(
-            &knows(&a),
-            &schedule,
-            &(),
-            &noise,
-            &path,
-            &b,
-            &mask,
-            &opts,
-            &mut TorchNoise,
-        )
-        .unwrap();
-        let left = |t: &Tensor| t.narrow(3, 0, 2);
-        let right = |t: &Tensor| t.narrow(3, 2, 2);
-        assert!(
-            max_abs(&left(&out), &left(&a)) < 1e-4,
-            "{}",
-            max_abs(&left(&out), &left(&a))
-        );
-        assert_eq!(max_abs(&right(&out), &right(&b)), 0.0);
-        // All zeros: x0 itself; all ones: plain sampling from the given start.
-        let zero = mask.zeros_like();
-        let kept = sample_inpaint(
-            &knows(&a),
-            &schedule,
-            &(),
-            &noise,
-            &path,
-            &b,
-            &zero,
-            &opts,
-            &mut TorchNoise,
-        )
-        .unwrap();
-        assert_eq!(max_abs(&kept, &b), 0.0);
-        let one = mask.ones_like();
-        let free = sample_inpaint(
-            &knows(&a),
-            &schedule,
-            &(),
-            &noise,
-            &path,
-            &b,
-            &one,
-            &opts,
-            &mut TorchNoise,
-        )
-        .unwrap();
-        let plain = sample(&knows(&a), &schedule, &(), &noise, &opts, &mut TorchNoise).unwrap();
-        assert!(max_abs(&free, &plain) < 1e-6);
-        assert!(matches!(
+        let inpaint = |path: &[Tensor], mask: &Tensor| {
+            let oracle = knows(&a);
             sample_inpaint(
-                &knows(&a),
+                &oracle,
                 &schedule,
                 &(),
                 &noise,
-                &path[1..],
+                path,
                 &b,
-                &mask,
+                mask,
                 &opts,
-                &mut TorchNoise
-            ),
+                &mut TorchNoise,
+            )
+        };
+        let out = inpaint(&path, &mask).unwrap();
+        let left = |t: &Tensor| t.narrow(3, 0, 2);
+        let right = |t: &Tensor| t.narrow(3, 2, 2);
+        let err = max_abs(&left(&out), &left(&a));
+        assert!(err < 1e-4, "{err}");
+        assert_eq!(max_abs(&right(&out), &right(&b)), 0.0);
+        // All zeros: x0 itself; all ones: plain sampling from the given start.
+        let kept = inpaint(&path, &mask.zeros_like()).unwrap();
+        assert_eq!(max_abs(&kept, &b), 0.0);
+        let free = inpaint(&path, &mask.ones_like()).unwrap();
+        let plain = sample(&knows(&a), &schedule, &(), &noise, &opts, &mut TorchNoise).unwrap();
+        assert!(max_abs(&free, &plain) < 1e-6);
+        assert!(matches!(
+            inpaint(&path[1..], &mask),
             Err(DiffusionError::Sampler { arg: "path", .. })
         ));
     }
