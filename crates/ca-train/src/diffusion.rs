@@ -55,8 +55,8 @@ use std::path::Path;
 use ca_losses::{diffusion as dloss, info, invariance};
 use ca_models::blocks::native::{AutocastDtype, AutocastGuard};
 use ca_models::diffusion::{
-    self as dm, CodeGroup, CondUnet, DdimOptions, DiffusionError, DiffusionModelConfig, Guided,
-    GuidedCond, LatentPrior, NoiseSchedule, Prediction, SemanticEncoder, TorchNoise, ddim,
+    self as dm, CodeGroup, CondUnet, DdimOptions, Denoiser, DiffusionError, DiffusionModelConfig,
+    Guided, GuidedCond, LatentPrior, NoiseSchedule, Prediction, SemanticEncoder, TorchNoise, ddim,
 };
 use ca_models::{CaCode, ImageGeometry};
 use tch::nn::{self, Module, VarStore};
@@ -847,31 +847,32 @@ impl DiffusionModel {
     /// [`DiffusionModel::decode_from`] under the new codes `new` of an edit, guided away from
     /// the image's own codes `own` by `apply.diffusion_guidance`.
     pub fn decode_edit(&self, x_t: &Tensor, new: &CaCode, own: &CaCode) -> Tensor {
-        ddim::sample(
-            &self.guided(),
-            &self.schedule,
-            &GuidedCond {
-                toward: new,
-                away: own,
-            },
-            x_t,
-            &DdimOptions::deterministic(self.invert_steps()),
-            &mut TorchNoise,
-        )
-        .expect("steps are capped at T")
-        .clamp(-1.0, 1.0)
+        let cond = GuidedCond {
+            toward: new,
+            away: own,
+        };
+        self.decode_with(&self.guided(), &cond, x_t)
     }
 
     /// Deterministic DDIM decoding of `code` from a given `x_T` (env `CA_INVERT_STEPS` steps, the
     /// inversion's), output clamped to `[-1, 1]`.
     pub fn decode_from(&self, x_t: &Tensor, code: &CaCode) -> Tensor {
-        let steps = self.invert_steps();
+        self.decode_with(&self.unet, code, x_t)
+    }
+
+    /// The deterministic decoding both of the above run: the inversion's steps, clamped.
+    fn decode_with<C: ?Sized, D: Denoiser<C>>(
+        &self,
+        denoiser: &D,
+        cond: &C,
+        x_t: &Tensor,
+    ) -> Tensor {
         ddim::sample(
-            &self.unet,
+            denoiser,
             &self.schedule,
-            code,
+            cond,
             x_t,
-            &DdimOptions::deterministic(steps),
+            &DdimOptions::deterministic(self.invert_steps()),
             &mut TorchNoise,
         )
         .expect("steps are capped at T")

@@ -229,7 +229,7 @@ pub fn sample<C: ?Sized, D: Denoiser<C> + ?Sized>(
 
 /// Deterministic DDIM inversion (`eta = 0`): the `x_T` (at `t = T - 1`) that [`sample`] with
 /// [`DdimOptions::deterministic`]`(steps)` maps back to (approximately) `x0`. Runs without
-/// gradients.
+/// gradients. Holds only the current level.
 pub fn invert<C: ?Sized, D: Denoiser<C> + ?Sized>(
     denoiser: &D,
     schedule: &NoiseSchedule,
@@ -237,8 +237,7 @@ pub fn invert<C: ?Sized, D: Denoiser<C> + ?Sized>(
     cond: &C,
     steps: usize,
 ) -> Result<Tensor, DiffusionError> {
-    let mut path = invert_path(denoiser, schedule, x0, cond, steps)?;
-    Ok(path.pop().expect("at least one step"))
+    invert_levels(denoiser, schedule, x0, cond, steps, |_| {})
 }
 
 /// Deterministic DDIM inversion keeping every level: element `i` is the latent at level `tau_i`
@@ -251,19 +250,36 @@ pub fn invert_path<C: ?Sized, D: Denoiser<C> + ?Sized>(
     cond: &C,
     steps: usize,
 ) -> Result<Vec<Tensor>, DiffusionError> {
+    let mut path = Vec::with_capacity(steps);
+    // The returned x_T is the path's last element.
+    let _ = invert_levels(denoiser, schedule, x0, cond, steps, |x| {
+        path.push(x.shallow_clone())
+    })?;
+    Ok(path)
+}
+
+/// The inversion loop of [`invert`] and [`invert_path`]: `level` sees the latent of every level
+/// `tau_0 ..= tau_{n-1}` in turn; the last is returned.
+fn invert_levels<C: ?Sized, D: Denoiser<C> + ?Sized>(
+    denoiser: &D,
+    schedule: &NoiseSchedule,
+    x0: &Tensor,
+    cond: &C,
+    steps: usize,
+    mut level: impl FnMut(&Tensor),
+) -> Result<Tensor, DiffusionError> {
     let ts = ddim_timesteps(schedule, steps)?;
     let _guard = tch::no_grad_guard();
     let mut x = x0.shallow_clone();
-    let mut path = Vec::with_capacity(ts.len());
     for i in 0..ts.len() {
         // Evaluate at the current level: the clean input at tau_0, then tau_{i-1}.
         let t_cur = ts[i.saturating_sub(1)];
         let (eps, x0_pred) = eps_and_x0(denoiser, schedule, &x, &full_t(t_cur, &x), cond);
         let a_next = schedule.alpha_bar(ts[i]);
         x = x0_pred * a_next.sqrt() + eps * (1.0 - a_next).sqrt();
-        path.push(x.shallow_clone());
+        level(&x);
     }
-    Ok(path)
+    Ok(x)
 }
 
 /// DDIM inpainting against a known trajectory: [`sample`] from `x_t`, where after every step
