@@ -140,6 +140,52 @@ fn tiny_gan_run_trains_resumes_exactly_and_serves_every_verb() {
         .arg("--out")
         .arg(&cf));
     assert!(cf.join("counterfactual.png").exists() && cf.join("000000-saliency.png").exists());
+    let caption = std::fs::read_to_string(cf.join("counterfactual.txt")).unwrap();
+    assert!(
+        caption.contains("Edit settings ([apply]): gan_edit = \"masked\", mask_scale = 0.1"),
+        "{caption}"
+    );
+    // Another edit setting for one command: a different counterpart, named in the caption; the
+    // run's config.toml unchanged.
+    let config_before = std::fs::read_to_string(full.join("config.toml")).unwrap();
+    let cf_decode = tmp.path().join("cf-decode");
+    ok(ca()
+        .arg("counterfactual")
+        .arg("--run")
+        .arg(&full)
+        .arg("--images")
+        .arg(&tg)
+        .args(["--set", "apply.gan_edit=decode", "--out"])
+        .arg(&cf_decode));
+    let caption = std::fs::read_to_string(cf_decode.join("counterfactual.txt")).unwrap();
+    assert!(
+        caption.contains("Edit settings ([apply]): gan_edit = \"decode\"\n"),
+        "{caption}"
+    );
+    assert_ne!(
+        image_pixels(&cf.join("000000-counterpart.png")),
+        image_pixels(&cf_decode.join("000000-counterpart.png")),
+        "--set apply.gan_edit=decode must change the counterpart"
+    );
+    assert_eq!(
+        std::fs::read_to_string(full.join("config.toml")).unwrap(),
+        config_before
+    );
+    for (set, want) in [
+        ("model.dz=3", "only the edit settings"),
+        ("apply.mask_scale=5", "apply.mask_scale"),
+        ("apply.gan_edt=decode", "gan_edit"),
+    ] {
+        let e = err(ca()
+            .arg("counterfactual")
+            .arg("--run")
+            .arg(&full)
+            .arg("--images")
+            .arg(&tg)
+            .args(["--set", set, "--out"])
+            .arg(tmp.path().join("cf-bad")));
+        assert!(e.contains(want), "--set {set}: {e}");
+    }
     let tr = tmp.path().join("tr");
     ok(ca()
         .arg("traverse")
@@ -199,8 +245,31 @@ fn tiny_gan_run_trains_resumes_exactly_and_serves_every_verb() {
         "no Inception weights: FID must be null"
     );
     assert!(full.join("eval/report.md").exists() && full.join("eval/report.html").exists());
+    assert_eq!(m["eval"]["apply"]["gan_edit"], "masked", "{m}");
     let e = err(&mut eval_export());
     assert!(e.contains("--force"), "{e}");
+
+    // Another edit setting: its own folder named after it, the setting recorded, other
+    // counterfactual numbers; the run's own evaluation untouched.
+    let own = std::fs::read_to_string(full.join("eval/metrics.json")).unwrap();
+    ok(eval_export().args(["--set", "apply.gan_edit=decode"]));
+    let dir = full.join("eval-gan_edit=decode");
+    let d: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("metrics.json")).unwrap()).unwrap();
+    assert_eq!(d["eval"]["apply"]["gan_edit"], "decode", "{d}");
+    assert_ne!(
+        d["ground_truth"]["counterfactual_psnr_db"],
+        gt["counterfactual_psnr_db"]
+    );
+    assert_eq!(d["separation"], m["separation"], "encoding is not an edit");
+    let report = std::fs::read_to_string(dir.join("report.md")).unwrap();
+    assert!(report.contains("gan_edit = \"decode\""), "{report}");
+    assert_eq!(
+        std::fs::read_to_string(full.join("eval/metrics.json")).unwrap(),
+        own
+    );
+    let e = err(eval_export().args(["--set", "train.seed=3"]));
+    assert!(e.contains("only the edit settings"), "{e}");
 
     // The quick check: the same separation numbers as the full evaluation, in its own file.
     ok(eval_export().arg("--separation-only"));

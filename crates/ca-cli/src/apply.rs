@@ -41,13 +41,15 @@ pub fn parse_device(s: &str) -> anyhow::Result<Device> {
     }
 }
 
-/// Load a run for inference.
+/// Load a run for inference, its `[apply]` settings overridden by `apply_sets`
+/// (`apply.KEY=VALUE`; the run itself is not changed).
 pub fn load(
     run_dir: &Path,
     device: &str,
+    apply_sets: &[String],
 ) -> anyhow::Result<(ca_train::config::RunConfig, Box<dyn CaModel>)> {
     let device = parse_device(device)?;
-    let (cfg, m, meta) = run::load_run(run_dir, device, None)
+    let (cfg, m, meta) = run::load_run_edited(run_dir, device, None, apply_sets)
         .with_context(|| format!("cannot load run '{}'", run_dir.display()))?;
     tracing::info!(
         "loaded {} model of {} at step {}",
@@ -101,7 +103,7 @@ pub(crate) fn dataset_for(
 
 /// `ca encode`: one CSV row per image: `file,split,common_0..,salient_0..`.
 pub fn encode(run_dir: &Path, data: Option<&Path>, out: &Path, device: &str) -> anyhow::Result<()> {
-    let (cfg, m) = load(run_dir, device)?;
+    let (cfg, m) = load(run_dir, device, &[])?;
     let ds = dataset_for(&cfg, data)?;
     if out.exists() {
         bail!(
@@ -165,6 +167,14 @@ fn write_grid(x: &Tensor, ncol: usize, path: &Path, caption: &str) -> anyhow::Re
     Ok(())
 }
 
+/// The caption line naming the edit settings the images were made with.
+fn edit_line(cfg: &ca_train::config::RunConfig, m: &dyn CaModel) -> String {
+    format!(
+        "Edit settings ([apply]): {}\n",
+        cfg.apply.describe(m.family())
+    )
+}
+
 fn prepare_out(out: &Path) -> anyhow::Result<()> {
     std::fs::create_dir_all(out).with_context(|| format!("cannot create '{}'", out.display()))
 }
@@ -181,7 +191,7 @@ fn refuse_existing(path: &Path) -> anyhow::Result<()> {
 
 /// `ca generate`: `n` background samples `(z, 0)` and the same `z` with sampled `s`.
 pub fn generate(run_dir: &Path, n: i64, seed: u64, out: &Path, device: &str) -> anyhow::Result<()> {
-    let (_, m) = load(run_dir, device)?;
+    let (_, m) = load(run_dir, device, &[])?;
     prepare_out(out)?;
     let path = out.join("generate.png");
     refuse_existing(&path)?;
@@ -207,8 +217,9 @@ pub fn swap(
     target: &[PathBuf],
     out: &Path,
     device: &str,
+    apply_sets: &[String],
 ) -> anyhow::Result<()> {
-    let (_, m) = load(run_dir, device)?;
+    let (cfg, m) = load(run_dir, device, apply_sets)?;
     prepare_out(out)?;
     let path = out.join("swap.png");
     refuse_existing(&path)?;
@@ -236,6 +247,7 @@ pub fn swap(
     for b in background {
         caption.push_str(&format!("  {}\n", b.display()));
     }
+    caption.push_str(&edit_line(&cfg, m.as_ref()));
     write_grid(&x, (nt + 1) as usize, &path, &caption)
 }
 
@@ -246,8 +258,9 @@ pub fn counterfactual(
     paths: &[PathBuf],
     out: &Path,
     device: &str,
+    apply_sets: &[String],
 ) -> anyhow::Result<()> {
-    let (_, m) = load(run_dir, device)?;
+    let (cfg, m) = load(run_dir, device, apply_sets)?;
     prepare_out(out)?;
     let path = out.join("counterfactual.png");
     refuse_existing(&path)?;
@@ -265,6 +278,7 @@ pub fn counterfactual(
     for p in paths {
         caption.push_str(&format!("  {}\n", p.display()));
     }
+    caption.push_str(&edit_line(&cfg, m.as_ref()));
     write_grid(&grid, n as usize, &path, &caption)?;
     // Also the counterparts and maps one file each, named after the inputs.
     for (i, p) in paths.iter().enumerate() {
@@ -292,8 +306,9 @@ pub fn traverse(
     range: f64,
     out: &Path,
     device: &str,
+    apply_sets: &[String],
 ) -> anyhow::Result<()> {
-    let (_, m) = load(run_dir, device)?;
+    let (cfg, m) = load(run_dir, device, apply_sets)?;
     prepare_out(out)?;
     let path = out.join("traverse.png");
     refuse_existing(&path)?;
@@ -320,5 +335,6 @@ pub fn traverse(
             caption.push_str(&format!("  {} s_{k}\n", paths[i as usize].display()));
         }
     }
+    caption.push_str(&edit_line(&cfg, m.as_ref()));
     write_grid(&Tensor::cat(&rows, 0), steps as usize, &path, &caption)
 }

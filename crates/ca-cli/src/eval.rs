@@ -62,6 +62,16 @@ pub struct EvalArgs {
     /// another.
     #[arg(long, value_name = "NAME|STEP")]
     checkpoint: Option<String>,
+    /// Evaluate with other edit settings than the run's `[apply]` (repeatable), e.g.
+    /// `--set apply.diffusion_guidance=0.5`: written to RUN/eval-KEY=VALUE/ (after any
+    /// -ckpt-NNNNNNN), so the run's config.toml and its own RUN/eval/ are left alone. Only
+    /// `apply.*` keys: everything else is fixed by the checkpoint.
+    #[arg(
+        long = "set",
+        value_name = "apply.KEY=VALUE",
+        conflicts_with = "separation_only"
+    )]
+    sets: Vec<String>,
     /// Seed of the probe folds, the domain classifier and the samples.
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -71,7 +81,7 @@ pub struct EvalArgs {
 pub fn eval(a: &EvalArgs) -> anyhow::Result<()> {
     let t0 = Instant::now();
     let device = apply::parse_device(&a.device)?;
-    let (cfg, m, meta) = run::load_run(&a.run, device, a.checkpoint.as_deref())
+    let (cfg, m, meta) = run::load_run_edited(&a.run, device, a.checkpoint.as_deref(), &a.sets)
         .with_context(|| format!("cannot load run '{}'", a.run.display()))?;
     let mut compare = Vec::new();
     for dir in &a.compare {
@@ -81,8 +91,8 @@ pub fn eval(a: &EvalArgs) -> anyhow::Result<()> {
     }
     // Refused before the long part: an earlier evaluation is only overwritten with --force.
     // `out`: the separation.json path with --separation-only, else the evaluation folder
-    // (RUN/eval/, or RUN/eval-ckpt-NNNNNNN/ with --checkpoint).
-    let dir = report::eval_dir(&a.run, a.checkpoint.as_ref().map(|_| meta.step));
+    // (RUN/eval/, or RUN/eval-ckpt-NNNNNNN/ with --checkpoint, then -KEY=VALUE per --set).
+    let dir = report::eval_dir(&a.run, a.checkpoint.as_ref().map(|_| meta.step), &a.sets);
     let out = if a.separation_only {
         report::prepare_separation_file(&dir, a.force)?
     } else {
@@ -132,6 +142,7 @@ pub fn eval(a: &EvalArgs) -> anyhow::Result<()> {
         steps: meta.step,
         wall_clock_s: meta.wall_clock_s,
         split: if a.all_images { "all" } else { "eval" }.into(),
+        apply: Some(cfg.apply),
     };
     eprintln!(
         "evaluating {} ({} at step {}) on {} images{} ...",
@@ -140,9 +151,9 @@ pub fn eval(a: &EvalArgs) -> anyhow::Result<()> {
         meta.step,
         set.len(),
         if a.separation_only {
-            ", separation probes only"
+            ", separation probes only".to_string()
         } else {
-            ""
+            format!("; editing with {}", cfg.apply.describe(m.family()))
         }
     );
     if a.separation_only {

@@ -71,6 +71,16 @@ struct RunArgs {
     device: String,
 }
 
+/// `--set` for the verbs that edit real images.
+#[derive(clap::Args)]
+struct EditArgs {
+    /// Edit with other settings than the run's `[apply]` (repeatable), e.g.
+    /// `--set apply.diffusion_guidance=0.5` or `--set apply.gan_edit=decode`; the run is not
+    /// changed. Only `apply.*` keys: everything else is fixed by the checkpoint.
+    #[arg(long = "set", value_name = "apply.KEY=VALUE")]
+    sets: Vec<String>,
+}
+
 #[derive(clap::Args)]
 struct EncodeArgs {
     #[command(flatten)]
@@ -111,6 +121,8 @@ struct SwapArgs {
     /// Output folder.
     #[arg(long)]
     out: PathBuf,
+    #[command(flatten)]
+    edit: EditArgs,
 }
 
 #[derive(clap::Args)]
@@ -123,6 +135,8 @@ struct ImagesArgs {
     /// Output folder.
     #[arg(long)]
     out: PathBuf,
+    #[command(flatten)]
+    edit: EditArgs,
 }
 
 #[derive(clap::Args)]
@@ -191,9 +205,16 @@ fn main() -> ExitCode {
         Cmd::Eval(a) => eval::eval(&a),
         Cmd::Encode(a) => apply::encode(&a.run.run, a.data.as_deref(), &a.out, &a.run.device),
         Cmd::Generate(a) => apply::generate(&a.run.run, a.n, a.seed, &a.out, &a.run.device),
-        Cmd::Swap(a) => apply::swap(&a.run.run, &a.background, &a.target, &a.out, &a.run.device),
+        Cmd::Swap(a) => apply::swap(
+            &a.run.run,
+            &a.background,
+            &a.target,
+            &a.out,
+            &a.run.device,
+            &a.edit.sets,
+        ),
         Cmd::Counterfactual(a) => {
-            apply::counterfactual(&a.run.run, &a.images, &a.out, &a.run.device)
+            apply::counterfactual(&a.run.run, &a.images, &a.out, &a.run.device, &a.edit.sets)
         }
         Cmd::Traverse(a) => apply::traverse(
             &a.inner.run.run,
@@ -202,6 +223,7 @@ fn main() -> ExitCode {
             a.range,
             &a.inner.out,
             &a.inner.run.device,
+            &a.inner.edit.sets,
         ),
         Cmd::Data(DataCmd::ExportSynthetic(e)) => {
             data::export_synthetic(&e.out, e.n_background, e.n_target, e.size, e.seed)

@@ -99,6 +99,66 @@ impl Default for ApplyConfig {
     }
 }
 
+impl ApplyConfig {
+    /// The settings that act on a model of `family` (`gan` / `diffusion`), as TOML key-value
+    /// pairs on one line (`diffusion_edit = "masked", diffusion_guidance = 1, ...`): what
+    /// `ca eval` records beside its numbers and the inference verbs write in their captions.
+    pub fn describe(&self, family: &str) -> String {
+        let mask = format!(
+            "mask_scale = {}, mask_dilate = {}",
+            self.mask_scale, self.mask_dilate
+        );
+        match family {
+            "gan" => {
+                let edit = match self.gan_edit {
+                    GanEdit::Decode => "decode",
+                    GanEdit::Residual => "residual",
+                    GanEdit::Masked => "masked",
+                };
+                if self.gan_edit == GanEdit::Masked {
+                    format!("gan_edit = \"{edit}\", {mask}")
+                } else {
+                    format!("gan_edit = \"{edit}\"")
+                }
+            }
+            "diffusion" => {
+                let edit = match self.diffusion_edit {
+                    DiffusionEdit::Invert => "invert",
+                    DiffusionEdit::Masked => "masked",
+                    DiffusionEdit::Inpaint => "inpaint",
+                };
+                let base = format!(
+                    "diffusion_edit = \"{edit}\", diffusion_guidance = {}, diffusion_renoise = {}",
+                    self.diffusion_guidance, self.diffusion_renoise
+                );
+                if self.diffusion_edit == DiffusionEdit::Invert {
+                    base
+                } else {
+                    format!("{base}, {mask}")
+                }
+            }
+            _ => format!("{self:?}"),
+        }
+    }
+}
+
+/// `--set` overrides for a trained run: each must be an `apply.KEY=VALUE` (the `[apply]` table
+/// is the only part of a run's config that can change without retraining).
+pub fn check_apply_sets(sets: &[String]) -> Result<(), ConfigError> {
+    for set in sets {
+        let key = set.split_once('=').map_or(set.as_str(), |(k, _)| k).trim();
+        if !key.starts_with("apply.") || key.len() == "apply.".len() {
+            return Err(ConfigError::Invalid {
+                origin: "--set".into(),
+                msg: format!(
+                    "`{set}`: only the edit settings (`apply.KEY=VALUE`, e.g. apply.diffusion_guidance=0.5) can be changed on a trained run; its model, data and training settings are fixed by its checkpoint"
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
 /// How a GAN edits a real image (`apply.gan_edit`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "kebab-case")]

@@ -884,6 +884,20 @@ pub fn load_run(
     device: Device,
     checkpoint: Option<&str>,
 ) -> Result<(RunConfig, Box<dyn CaModel>, CheckpointMeta), TrainError> {
+    load_run_edited(run_dir, device, checkpoint, &[])
+}
+
+/// [`load_run`] with the run's `[apply]` settings overridden by `apply_sets`
+/// (`apply.KEY=VALUE`, parsed and validated as `ca train --set`): how `ca eval --set` and the
+/// inference verbs try another edit on a trained model without touching its `config.toml`. Any
+/// key outside `[apply]` is refused (the checkpoint fixes everything else).
+pub fn load_run_edited(
+    run_dir: &Path,
+    device: Device,
+    checkpoint: Option<&str>,
+    apply_sets: &[String],
+) -> Result<(RunConfig, Box<dyn CaModel>, CheckpointMeta), TrainError> {
+    crate::config::check_apply_sets(apply_sets)?;
     let cfg_path = run_dir.join("config.toml");
     if !cfg_path.exists() {
         return Err(TrainError::RunDir(
@@ -891,7 +905,7 @@ pub fn load_run(
             "has no config.toml: is this a run directory written by `ca train`?".into(),
         ));
     }
-    let cfg = RunConfig::load(&cfg_path, &[])?;
+    let cfg = RunConfig::load(&cfg_path, apply_sets)?;
     let (kind, digest) = (cfg.model.family(), cfg.model_digest());
     let (ck, meta) = match checkpoint {
         None => checkpoint::open(run_dir, kind, &digest)?,

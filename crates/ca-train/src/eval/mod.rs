@@ -135,6 +135,9 @@ pub struct RunInfo {
     pub wall_clock_s: f64,
     /// The split evaluated (`eval`, `all`).
     pub split: String,
+    /// The `[apply]` settings the model was loaded with (recorded in `metrics.json`; `None` when
+    /// the caller does not know them).
+    pub apply: Option<crate::config::ApplyConfig>,
 }
 
 /// One image grid of the report.
@@ -555,6 +558,7 @@ fn eval_info(rows: &Rows, info: &RunInfo, opts: &EvalOptions, t0: Instant) -> Ev
         l2: opts.l2,
         seed: opts.seed,
         seconds: t0.elapsed().as_secs_f64(),
+        apply: info.apply,
     }
 }
 
@@ -1091,6 +1095,7 @@ mod tests {
             steps: 7,
             wall_clock_s: 1.5,
             split: "all".into(),
+            apply: None,
         }
     }
 
@@ -1172,7 +1177,7 @@ mod tests {
         assert_eq!(quick.steps, 7);
 
         let tmp = tempfile::tempdir().unwrap();
-        let dir = report::eval_dir(tmp.path(), None);
+        let dir = report::eval_dir(tmp.path(), None, &[]);
         let path = report::prepare_separation_file(&dir, false).unwrap();
         report::write_separation(&path, &quick).unwrap();
         let text = std::fs::read_to_string(&path).unwrap();
@@ -1265,7 +1270,8 @@ mod tests {
 
         // Written and read back, compared with itself.
         let tmp = tempfile::tempdir().unwrap();
-        let dir = report::prepare_eval_dir(&report::eval_dir(tmp.path(), None), false).unwrap();
+        let dir =
+            report::prepare_eval_dir(&report::eval_dir(tmp.path(), None, &[]), false).unwrap();
         let other = ev.metrics.clone();
         let files = report::write_eval(&dir, "run", ev, &[("other".into(), other)]).unwrap();
         assert!(files.iter().all(|f| f.exists()));

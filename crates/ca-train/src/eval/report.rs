@@ -20,12 +20,39 @@ fn io<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> 
 
 /// The folder an evaluation of `run_dir` writes to: `RUN/eval/` for the checkpoint the run
 /// serves (its latest), `RUN/eval-ckpt-NNNNNNN/` for one picked by step with `ca eval
-/// --checkpoint`, so an earlier checkpoint's numbers never mix with the latest's.
-pub fn eval_dir(run_dir: &Path, checkpoint_step: Option<u64>) -> PathBuf {
-    match checkpoint_step {
-        None => run_dir.join("eval"),
-        Some(step) => run_dir.join(format!("eval-{}", crate::checkpoint::folder_name(step))),
+/// --checkpoint`, so an earlier checkpoint's numbers never mix with the latest's; other edit
+/// settings (`ca eval --set apply.KEY=VALUE`) add `-KEY=VALUE` per setting
+/// (`RUN/eval-diffusion_guidance=0.5/`), so they never mix with the run's own either.
+pub fn eval_dir(run_dir: &Path, checkpoint_step: Option<u64>, apply_sets: &[String]) -> PathBuf {
+    let mut name = match checkpoint_step {
+        None => "eval".to_string(),
+        Some(step) => format!("eval-{}", crate::checkpoint::folder_name(step)),
+    };
+    for set in apply_sets {
+        name.push('-');
+        name.push_str(&set_slug(set));
     }
+    run_dir.join(name)
+}
+
+/// A `--set apply.KEY=VALUE` as a folder-name part: `KEY=VALUE` without `apply.` and quotes,
+/// characters other than letters, digits, `.`, `_`, `-` and `=` replaced by `_`
+/// (`apply.diffusion_edit="inpaint"` -> `diffusion_edit=inpaint`).
+fn set_slug(set: &str) -> String {
+    let (key, value) = set.split_once('=').unwrap_or((set, ""));
+    let key = key.trim();
+    let key = key.strip_prefix("apply.").unwrap_or(key);
+    let value = value.trim().trim_matches(|c| c == '"' || c == '\'');
+    format!("{key}={value}")
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '=') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
 }
 
 /// The evaluation folder `dir` (from [`eval_dir`]), created if absent. An existing folder with
@@ -250,6 +277,12 @@ fn tables(runs: &[(&str, &Metrics)]) -> Vec<Section> {
                     format!("{} / {} ({} split)", e.n_background, e.n_target, e.split)
                 })
             }),
+            row("edit settings ([apply])", &|m| {
+                m.eval
+                    .as_ref()
+                    .and_then(|e| e.apply.as_ref())
+                    .map_or("—".into(), |a| a.describe(&m.model))
+            }),
             row("evaluation time (s)", &|m| {
                 m.eval
                     .as_ref()
@@ -463,7 +496,7 @@ mod tests {
     #[test]
     fn eval_dir_is_never_overwritten_silently() {
         let tmp = tempfile::tempdir().unwrap();
-        let latest = eval_dir(tmp.path(), None);
+        let latest = eval_dir(tmp.path(), None, &[]);
         let dir = prepare_eval_dir(&latest, false).unwrap();
         assert_eq!(dir, tmp.path().join("eval"));
         // Empty: fine again.
@@ -473,8 +506,23 @@ mod tests {
         let err = prepare_eval_dir(&latest, false).unwrap_err();
         assert!(err.to_string().contains("--force"), "{err}");
         // An earlier checkpoint's evaluation has its own folder.
-        let earlier = eval_dir(tmp.path(), Some(4000));
+        let earlier = eval_dir(tmp.path(), Some(4000), &[]);
         assert_eq!(earlier, tmp.path().join("eval-ckpt-0004000"));
+        // Other edit settings (`ca eval --set`) too, named after them in the order given.
+        let sets = [
+            "apply.diffusion_edit=\"inpaint\"".to_string(),
+            " apply.diffusion_guidance = 0.5".to_string(),
+            "apply.mask_scale=1/2 x".to_string(),
+        ];
+        assert_eq!(
+            eval_dir(tmp.path(), None, &sets),
+            tmp.path()
+                .join("eval-diffusion_edit=inpaint-diffusion_guidance=0.5-mask_scale=1_2_x")
+        );
+        assert_eq!(
+            eval_dir(tmp.path(), Some(4000), &sets[1..2]),
+            tmp.path().join("eval-ckpt-0004000-diffusion_guidance=0.5")
+        );
         prepare_eval_dir(&earlier, false).unwrap();
         prepare_eval_dir(&latest, true).unwrap();
         assert!(dir.join("notes.txt").exists());

@@ -20,7 +20,8 @@
 //!   "quality": { "fid": f|null, "kid": f|null, "dfd": f|null, "dkd": f|null,
 //!                "domain_classifier_accuracy": f|null },
 //!   "eval": { "n_images": int, "n_background": int, "n_target": int, "split": str,
-//!             "folds": int, "l2": f, "seed": int, "seconds": f } }
+//!             "folds": int, "l2": f, "seed": int, "seconds": f,
+//!             "apply": {"gan_edit": str, "diffusion_edit": str, "diffusion_guidance": f, ...} } }
 //! ```
 //!
 //! `ca eval --separation-only` writes `separation.json` instead ([`SeparationReport`]): `model`,
@@ -258,4 +259,8 @@ pub struct EvalInfo {
     pub seed: u64,
     /// Evaluation wall clock, seconds.
     pub seconds: f64,
+    /// The `[apply]` settings the model edited with (counterfactuals, swaps): the run's own, or
+    /// those of `ca eval --set apply.KEY=VALUE`. Absent in files written before it was recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub apply: Option<crate::config::ApplyConfig>,
 }
