@@ -1,7 +1,7 @@
 //! Issue #9: no lost work. A run killed with SIGKILL after a checkpoint resumes from it with a
 //! continuous, duplicate-free loss log equal to what the killed run had logged; SIGTERM
-//! finishes the step and writes a final checkpoint; a checkpoint of another config and an
-//! output folder that cannot exist are refused before training.
+//! finishes the step and writes a final checkpoint; a run another trainer holds, a checkpoint of
+//! another config and an output folder that cannot exist are refused before training.
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -180,6 +180,18 @@ fn another_config_and_an_impossible_output_folder_are_refused_before_training() 
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // A run another trainer is writing to (its lock held, here by this process): --resume is
+    // refused, naming the holder, and nothing of the run is touched.
+    let lock = ca_train::run::lock_run_dir(&run).unwrap();
+    let e = err(&mut train_cmd(&run, &tiny(4, 0), true));
+    assert!(
+        e.contains("another `ca train`")
+            && e.contains(&format!("process {}", std::process::id()))
+            && e.contains("--resume"),
+        "{e}"
+    );
+    assert_eq!((latest_step(&run), logged_steps(&run)), (Some(2), 2));
+    drop(lock);
     // Resuming with another model config: refused, naming both digests.
     let mut sets = tiny(4, 0);
     sets.push("model.dz=7".into());

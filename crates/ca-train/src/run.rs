@@ -259,6 +259,60 @@ pub fn prepare_run_dir(dir: &Path, cfg: &RunConfig) -> Result<(), TrainError> {
     Ok(())
 }
 
+/// The file [`lock_run_dir`] locks inside a run directory.
+pub const LOCK_FILE: &str = "train.lock";
+
+/// An exclusive lock on a run directory, held while `ca train` writes to it; released on drop and
+/// by the OS when the process ends, however it ends (kill -9 included), so it never goes stale.
+#[derive(Debug)]
+pub struct RunLock {
+    _file: std::fs::File,
+}
+
+/// Lock `dir` (which must exist) for one trainer: a second `ca train` on the same run, new or
+/// `--resume`, is refused instead of interleaving its checkpoints and log rows with the first's.
+/// An OS file lock on `RUN/train.lock`, which holds the holder's process id for the message.
+pub fn lock_run_dir(dir: &Path) -> Result<RunLock, TrainError> {
+    use std::fs::TryLockError;
+    use std::io::{Read, Seek};
+    let path = dir.join(LOCK_FILE);
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(io("cannot open the run lock", &path))?;
+    match file.try_lock() {
+        Ok(()) => {
+            file.set_len(0)
+                .and_then(|()| file.rewind())
+                .and_then(|()| writeln!(file, "{}", std::process::id()))
+                .map_err(io("cannot write the run lock", &path))?;
+            Ok(RunLock { _file: file })
+        }
+        Err(TryLockError::WouldBlock) => {
+            let mut pid = String::new();
+            let _ = file.read_to_string(&mut pid);
+            let who = match pid.trim() {
+                "" => String::new(),
+                p => format!(" (process {p})"),
+            };
+            Err(TrainError::RunDir(
+                dir.to_path_buf(),
+                format!(
+                    "another `ca train`{who} is writing to it; wait for it to end (Ctrl-C ends it cleanly with a checkpoint), then --resume"
+                ),
+            ))
+        }
+        Err(TryLockError::Error(e)) => Err(TrainError::Io {
+            what: "cannot lock the run directory",
+            path,
+            source: e,
+        }),
+    }
+}
+
 /// Check before training that `dir` takes a file: write 64 KiB, fsync, remove.
 pub fn probe_writable(dir: &Path) -> Result<(), TrainError> {
     let probe = dir.join(".ca-write-probe");
@@ -666,8 +720,11 @@ pub fn train_with(
         lr_scale: 1.0,
         count: 0,
     };
+    // Held until training returns: one trainer per run directory.
+    let _lock;
     if opts.resume {
         probe_writable(&run_dir)?;
+        _lock = lock_run_dir(&run_dir)?;
         if let Some(free) = free_bytes(&run_dir) {
             check_space(&run_dir, free, need, &what)?;
         }
@@ -696,6 +753,7 @@ pub fn train_with(
             check_space(&run_dir, free, need, &what)?;
         }
         prepare_run_dir(&run_dir, cfg)?;
+        _lock = lock_run_dir(&run_dir)?;
         progress.message(&format!(
             "run directory {}\n{}",
             run_dir.display(),
@@ -933,6 +991,27 @@ pub fn load_run_edited(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_run_directory_takes_one_trainer_at_a_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = lock_run_dir(dir.path()).unwrap();
+        let pid = std::fs::read_to_string(dir.path().join(LOCK_FILE)).unwrap();
+        assert_eq!(pid.trim(), std::process::id().to_string());
+        // A second lock (another open file, as another process would have) is refused, naming
+        // the holder.
+        let err = lock_run_dir(dir.path()).unwrap_err().to_string();
+        assert!(
+            err.contains("another `ca train`")
+                && err.contains(&format!("process {}", std::process::id())),
+            "{err}"
+        );
+        drop(first);
+        let again = lock_run_dir(dir.path()).unwrap();
+        drop(again);
+        let err = lock_run_dir(&dir.path().join("missing")).unwrap_err();
+        assert!(err.to_string().contains("train.lock"), "{err}");
+    }
 
     #[test]
     fn truncate_log_drops_rows_after_the_checkpoint_and_a_torn_row() {
