@@ -130,15 +130,21 @@ fn tiny_gan_run_trains_resumes_exactly_and_serves_every_verb() {
         .arg("--out")
         .arg(&sw));
     assert!(sw.join("swap.png").exists() && sw.join("swap.txt").exists());
+    // `ca counterfactual` on the target image, with extra arguments, into `out`.
+    let counterfactual = |extra: &[&str], out: &Path| {
+        let mut c = ca();
+        c.arg("counterfactual")
+            .arg("--run")
+            .arg(&full)
+            .arg("--images")
+            .arg(&tg)
+            .args(extra)
+            .arg("--out")
+            .arg(out);
+        c
+    };
     let cf = tmp.path().join("cf");
-    ok(ca()
-        .arg("counterfactual")
-        .arg("--run")
-        .arg(&full)
-        .arg("--images")
-        .arg(&tg)
-        .arg("--out")
-        .arg(&cf));
+    ok(&mut counterfactual(&[], &cf));
     assert!(cf.join("counterfactual.png").exists() && cf.join("000000-saliency.png").exists());
     let caption = std::fs::read_to_string(cf.join("counterfactual.txt")).unwrap();
     assert!(
@@ -149,14 +155,10 @@ fn tiny_gan_run_trains_resumes_exactly_and_serves_every_verb() {
     // run's config.toml unchanged.
     let config_before = std::fs::read_to_string(full.join("config.toml")).unwrap();
     let cf_decode = tmp.path().join("cf-decode");
-    ok(ca()
-        .arg("counterfactual")
-        .arg("--run")
-        .arg(&full)
-        .arg("--images")
-        .arg(&tg)
-        .args(["--set", "apply.gan_edit=decode", "--out"])
-        .arg(&cf_decode));
+    ok(&mut counterfactual(
+        &["--set", "apply.gan_edit=decode"],
+        &cf_decode,
+    ));
     let caption = std::fs::read_to_string(cf_decode.join("counterfactual.txt")).unwrap();
     assert!(
         caption.contains("Edit settings ([apply]): gan_edit = \"decode\"\n"),
@@ -176,14 +178,10 @@ fn tiny_gan_run_trains_resumes_exactly_and_serves_every_verb() {
         ("apply.mask_scale=5", "apply.mask_scale"),
         ("apply.gan_edt=decode", "gan_edit"),
     ] {
-        let e = err(ca()
-            .arg("counterfactual")
-            .arg("--run")
-            .arg(&full)
-            .arg("--images")
-            .arg(&tg)
-            .args(["--set", set, "--out"])
-            .arg(tmp.path().join("cf-bad")));
+        let e = err(&mut counterfactual(
+            &["--set", set],
+            &tmp.path().join("cf-bad"),
+        ));
         assert!(e.contains(want), "--set {set}: {e}");
     }
     let tr = tmp.path().join("tr");
