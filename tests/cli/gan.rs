@@ -268,6 +268,22 @@ fn tiny_gan_run_trains_resumes_exactly_and_serves_every_verb() {
     );
     let e = err(eval_export().args(["--set", "train.seed=3"]));
     assert!(e.contains("only the edit settings"), "{e}");
+    // Anywhere with --out, compared with an evaluation folder by its run and folder name.
+    let elsewhere = tmp.path().join("export-eval");
+    ok(eval_export()
+        .arg("--out")
+        .arg(&elsewhere)
+        .arg("--compare")
+        .arg(&dir));
+    let again: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(elsewhere.join("metrics.json")).unwrap())
+            .unwrap();
+    assert_eq!(
+        again["ground_truth"], m["ground_truth"],
+        "same run, data and settings"
+    );
+    let report = std::fs::read_to_string(elsewhere.join("report.md")).unwrap();
+    assert!(report.contains("full/eval-gan_edit=decode"), "{report}");
 
     // The quick check: the same separation numbers as the full evaluation, in its own file.
     ok(eval_export().arg("--separation-only"));

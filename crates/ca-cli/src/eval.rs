@@ -24,9 +24,15 @@ pub struct EvalArgs {
     /// ROOT/target_mask when present.
     #[arg(long)]
     data: Option<PathBuf>,
-    /// Other runs (already evaluated) shown side by side in the report.
+    /// Other evaluations shown side by side in the report: run directories (their RUN/eval/)
+    /// or evaluation folders (RUN/eval-diffusion_guidance=0.5/, an --out folder).
     #[arg(long, num_args = 1..)]
     compare: Vec<PathBuf>,
+    /// Write the evaluation to this folder instead of RUN/eval/ (or the folder --checkpoint and
+    /// --set name), e.g. one per dataset given with --data. Refused if it holds an earlier
+    /// evaluation, unless --force.
+    #[arg(long)]
+    out: Option<PathBuf>,
     /// auto | cpu | cuda | cuda:N
     #[arg(long, default_value = "auto")]
     device: String,
@@ -52,7 +58,7 @@ pub struct EvalArgs {
     force: bool,
     /// Only the separation probes and the probe matrix: one encoder pass, no decoding (seconds
     /// instead of minutes; the same numbers as the full evaluation for the same images and
-    /// seed). Writes separation.json into RUN/eval/ (or the --checkpoint folder); metrics.json and
+    /// seed). Writes separation.json into RUN/eval/ (or the --checkpoint / --out folder); metrics.json and
     /// the report are left alone.
     #[arg(long, conflicts_with = "compare")]
     separation_only: bool,
@@ -87,12 +93,15 @@ pub fn eval(a: &EvalArgs) -> anyhow::Result<()> {
     for dir in &a.compare {
         let metrics =
             report::read_metrics(dir).with_context(|| format!("--compare '{}'", dir.display()))?;
-        compare.push((run_name(dir), metrics));
+        compare.push((eval_name(dir), metrics));
     }
     // Refused before the long part: an earlier evaluation is only overwritten with --force.
     // `out`: the separation.json path with --separation-only, else the evaluation folder
     // (RUN/eval/, or RUN/eval-ckpt-NNNNNNN/ with --checkpoint, then -KEY=VALUE per --set).
-    let dir = report::eval_dir(&a.run, a.checkpoint.as_ref().map(|_| meta.step), &a.sets);
+    let dir = match &a.out {
+        Some(out) => out.clone(),
+        None => report::eval_dir(&a.run, a.checkpoint.as_ref().map(|_| meta.step), &a.sets),
+    };
     let out = if a.separation_only {
         report::prepare_separation_file(&dir, a.force)?
     } else {
@@ -200,6 +209,17 @@ fn print_separation(sep: &eval::Separation) {
         acc(sep.dataset_from_z),
         acc(sep.common_from_z)
     );
+}
+
+/// The name of a `--compare` folder in the report's columns: a run directory's own name, or
+/// `RUN/FOLDER` for an evaluation folder (`run-a/eval-diffusion_guidance=0.5`).
+fn eval_name(dir: &std::path::Path) -> String {
+    if dir.join("metrics.json").exists()
+        && let Some(parent) = dir.parent().filter(|p| p.file_name().is_some())
+    {
+        return format!("{}/{}", run_name(parent), run_name(dir));
+    }
+    run_name(dir)
 }
 
 /// The last component of a run directory (its name in the report's columns).

@@ -110,12 +110,20 @@ fn write_json<T: serde::Serialize>(path: &Path, value: &T) -> Result<()> {
     std::fs::write(path, json + "\n").map_err(io("cannot write", path))
 }
 
-/// Read `RUN/eval/metrics.json` of another run (a missing file is an error naming it).
+/// Read another evaluation's `metrics.json`: `DIR/metrics.json` when `DIR` is an evaluation
+/// folder, else `DIR/eval/metrics.json` of a run directory (a missing file is an error naming
+/// it).
 pub fn read_metrics(run_dir: &Path) -> Result<Metrics> {
-    let path = run_dir.join("eval").join("metrics.json");
+    // An evaluation folder itself (RUN/eval-ckpt-.../, ca eval --out DIR), or a run directory.
+    let own = run_dir.join("metrics.json");
+    let path = if own.exists() {
+        own
+    } else {
+        run_dir.join("eval").join("metrics.json")
+    };
     if !path.exists() {
         return Err(EvalError::Invalid(format!(
-            "'{}' does not exist: run `ca eval --run {}` first",
+            "'{}' does not exist: run `ca eval --run {}` first (or name an evaluation folder holding a metrics.json)",
             path.display(),
             run_dir.display()
         )));
