@@ -214,7 +214,7 @@ fn print_separation(sep: &eval::Separation) {
 /// The name of a `--compare` folder in the report's columns: a run directory's own name, or
 /// `RUN/FOLDER` for an evaluation folder (`run-a/eval-diffusion_guidance=0.5`).
 fn eval_name(dir: &std::path::Path) -> String {
-    if dir.join("metrics.json").exists()
+    if report::is_eval_folder(dir)
         && let Some(parent) = dir.parent().filter(|p| p.file_name().is_some())
     {
         return format!("{}/{}", run_name(parent), run_name(dir));

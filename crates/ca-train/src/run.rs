@@ -236,26 +236,41 @@ pub fn mix(mut x: u64) -> u64 {
     x ^ (x >> 31)
 }
 
-/// Create the run directory and write `config.toml`; refuses a non-empty folder and one that
-/// cannot be written ([`probe_writable`]).
-pub fn prepare_run_dir(dir: &Path, cfg: &RunConfig) -> Result<(), TrainError> {
-    if dir.exists() {
-        let mut entries = std::fs::read_dir(dir).map_err(io("cannot read run directory", dir))?;
-        if entries.next().is_some() {
-            return Err(TrainError::RunDir(
-                dir.to_path_buf(),
-                "exists and is not empty; a run directory is never reused. Pass --resume to continue it, or choose another --out".into(),
-            ));
-        }
-    }
+/// Create the run directory, lock it ([`lock_run_dir`]) and write `config.toml`; refuses a
+/// non-empty folder and one that cannot be written ([`probe_writable`]). Returns the lock, to be
+/// held while training.
+pub fn prepare_run_dir(dir: &Path, cfg: &RunConfig) -> Result<RunLock, TrainError> {
+    refuse_used(dir)?;
     std::fs::create_dir_all(dir).map_err(|e| {
         TrainError::RunDir(
             dir.to_path_buf(),
             format!("cannot be created ({e}); choose another --out"),
         )
     })?;
+    // Locked before anything is written, then looked at again: another `ca train` given the
+    // same new folder at the same moment passed the check above too; only the lock holder goes
+    // on, and its config.toml is never replaced by the other's.
+    let lock = lock_run_dir(dir)?;
+    refuse_used(dir)?;
     probe_writable(dir)?;
     checkpoint::write_atomic(&dir.join("config.toml"), cfg.to_toml().as_bytes())?;
+    Ok(lock)
+}
+
+/// Refuse an existing run directory holding anything but its lock file.
+fn refuse_used(dir: &Path) -> Result<(), TrainError> {
+    if dir.exists() {
+        let entries = std::fs::read_dir(dir).map_err(io("cannot read run directory", dir))?;
+        let mut others = entries
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name() != LOCK_FILE);
+        if others.next().is_some() {
+            return Err(TrainError::RunDir(
+                dir.to_path_buf(),
+                "exists and is not empty; a run directory is never reused. Pass --resume to continue it, or choose another --out".into(),
+            ));
+        }
+    }
     Ok(())
 }
 
@@ -752,8 +767,7 @@ pub fn train_with(
         if let Some(free) = free_bytes(&run_dir) {
             check_space(&run_dir, free, need, &what)?;
         }
-        prepare_run_dir(&run_dir, cfg)?;
-        _lock = lock_run_dir(&run_dir)?;
+        _lock = prepare_run_dir(&run_dir, cfg)?;
         progress.message(&format!(
             "run directory {}\n{}",
             run_dir.display(),

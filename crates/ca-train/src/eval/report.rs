@@ -110,14 +110,18 @@ fn write_json<T: serde::Serialize>(path: &Path, value: &T) -> Result<()> {
     std::fs::write(path, json + "\n").map_err(io("cannot write", path))
 }
 
+/// Whether `dir` is an evaluation folder (`RUN/eval/`, `RUN/eval-ckpt-.../`, an `ca eval --out`
+/// folder: it holds a `metrics.json`) rather than a run directory.
+pub fn is_eval_folder(dir: &Path) -> bool {
+    dir.join("metrics.json").exists()
+}
+
 /// Read another evaluation's `metrics.json`: `DIR/metrics.json` when `DIR` is an evaluation
 /// folder, else `DIR/eval/metrics.json` of a run directory (a missing file is an error naming
 /// it).
 pub fn read_metrics(run_dir: &Path) -> Result<Metrics> {
-    // An evaluation folder itself (RUN/eval-ckpt-.../, ca eval --out DIR), or a run directory.
-    let own = run_dir.join("metrics.json");
-    let path = if own.exists() {
-        own
+    let path = if is_eval_folder(run_dir) {
+        run_dir.join("metrics.json")
     } else {
         run_dir.join("eval").join("metrics.json")
     };
