@@ -1,4 +1,4 @@
-"""Where a bench row's step time goes, Rust against PyTorch (issue #8): CPU ms per step by category.
+"""Where a bench row's step time goes, Rust against PyTorch: CPU ms per step by category.
 
 Runs each side of a `benches/rows.toml` row twice under `perf record` (CPU-clock sampling), with
 `--steps LO` and `--steps HI`, and divides the difference of the sample counts by HI - LO: startup,

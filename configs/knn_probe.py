@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""A non-linear check of `ca eval`'s linear salient probe (configs/TRIALS.md, session 25).
+"""A non-linear check of `ca eval`'s linear salient probe (docs/trials.md, 2026-12-07).
 
     python3 configs/knn_probe.py CODES.csv ROOT/labels.csv [LABEL]
 

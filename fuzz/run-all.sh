@@ -8,7 +8,7 @@
 # fuzz/artifacts/<target>/. Usage: fuzz/run-all.sh [target...]
 set -u
 cd "$(dirname "$0")"
-export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/work/target-fuzz}
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$PWD/target}
 OUT=${OUT:-/tmp/ca-fuzz-results}
 SECS=${FUZZ_SECONDS:-600}
 NICE=${FUZZ_NICE:-19}

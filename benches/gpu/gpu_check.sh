@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# CUDA check of issue #8, for the GPU machine (python3 with torch 2.11.0+cu130, no Rust).
+# CUDA check of the benchmarks, for the GPU machine (python3 with torch 2.11.0+cu130, no Rust).
 # Prepared by `cargo xtask gpu-check`, which builds and strips the binaries into
 # target/gpu-check/ and prints how to run this. From the repository root:
 #

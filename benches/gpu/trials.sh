@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Longer trainings of the synthetic presets on the GPU machine (issues #4 and #6): do the
+# Longer trainings of the synthetic presets on the GPU machine (acceptance targets): do the
 # CA-GAN's missed targets and the diffusion preset's weak seed come right with more steps?
 # Binaries prepared by `cargo xtask gpu-check` (target/gpu-check/). From the repository root:
 #
@@ -10,7 +10,7 @@
 #   gan-sN    configs/ca-gan-synthetic.toml, seed N
 #   dig-sN    configs/double-infogan-synthetic.toml (the baseline), seed N
 #   diff-sN   configs/ca-diffusion-synthetic.toml, bf16, seed N
-# The GPU time-slices between processes: on an H200 (session 15) seven runs at once made
+# The GPU time-slices between processes: on an H200 (2026-12-04) seven runs at once made
 # 5-6 CA-GAN steps/s each, one CA-GAN alone 10. For the most steps of one run, name only it.
 # then evaluates: the separation probes at every checkpoint of every run (2,000 held-out
 # images), the full `ca eval` of each GAN run's last checkpoint (2,000 images) and of each

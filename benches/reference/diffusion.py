@@ -1,4 +1,4 @@
-"""PyTorch reference of the CA-diffusion networks, training step and DDIM sampler (issue #8).
+"""PyTorch reference of the CA-diffusion networks, training step and DDIM sampler.
 
 The same architectures as crates/ca-models/src/diffusion/{unet,encoder,latent_prior,
 schedule,ddim}.rs and the same step as crates/ca-train/src/diffusion.rs (`DiffusionStep`), as a

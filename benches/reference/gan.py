@@ -1,4 +1,4 @@
-"""PyTorch reference of the CA-GAN networks and training step (issue #8 benchmarks).
+"""PyTorch reference of the CA-GAN networks and training step.
 
 The same architectures as crates/ca-models/src/gan/*.rs and blocks/*.rs, and the same step as
 crates/ca-train/src/gan.rs (`GanStep::step`), written as a PyTorch user would write them:

@@ -1,4 +1,4 @@
-"""PyTorch step timer: the reference side of `cargo xtask bench` (issue #8).
+"""PyTorch step timer: the reference side of `cargo xtask bench`.
 
 Reads the same benches/rows.toml and preset configs as the Rust step timer
 (crates/ca-train/benches/steps.rs), builds the same networks (gan.py, diffusion.py), times the

@@ -1,4 +1,4 @@
-//! A tiny CA-diffusion run through the CLI (issue #6 item 6): finite losses, checkpoint, exact
+//! A tiny CA-diffusion run through the CLI: finite losses, checkpoint, exact
 //! resume, and DDIM inversion + decoding with the same codes returning the input.
 
 use tch::{Device, Kind, Tensor};
@@ -35,7 +35,7 @@ fn tiny(steps: u64) -> Vec<String> {
         "model.latent_prior.time_embed_dim=8",
         "loss.z_adversary=0.5",
         "optim.warmup_steps=0",
-        "optim.lr_g=0.001",
+        "optim.lr=0.001",
         "train.batch_size=8",
         "train.log_every=1",
         "train.sample_every=0",
@@ -130,7 +130,7 @@ fn tiny_diffusion_run_trains_resumes_and_inverts() {
         .collect();
     let x = Tensor::stack(&imgs, 0);
     let is_target = Tensor::from_slice(&[0.0f32, 0.0, 1.0, 1.0]);
-    let rec = ca_train::model::reconstruct(model.as_ref(), &x, &is_target);
+    let rec = ca_models::inference::reconstruct(model.as_ref(), &x, &is_target);
     assert_eq!(rec.size(), x.size());
     let p = psnr(&rec, &x);
     // Contrast: the same codes decoded from fresh noise instead of the inverted x_T.

@@ -1,5 +1,5 @@
 //! A tiny CA-GAN run through the CLI: finite losses, exact resume, save/load, the inference
-//! verbs (issue #4 item 6; issue #9 exact resume).
+//! verbs, exact resume.
 
 use std::path::Path;
 
@@ -56,7 +56,7 @@ fn tiny_gan_run_trains_resumes_exactly_and_serves_every_verb() {
     let codes = ca_train::run::fixed_grid_codes(dz, ds, cfg.train.seed, tch::Device::Cpu);
     let x = model.decode(&codes, 0);
     let again = tmp.path().join("again.png");
-    ca_train::images::save_grid(&x, 8, &again).unwrap();
+    ca_data::grid::save_grid(&x, 8, &again).unwrap();
     let a = image_pixels(&again);
     let b = image_pixels(&full.join("samples/step-0000006.png"));
     assert!(

@@ -1,4 +1,4 @@
-//! Issue #9: no lost work. A run killed with SIGKILL after a checkpoint resumes from it with a
+//! No lost work: A run killed with SIGKILL after a checkpoint resumes from it with a
 //! continuous, duplicate-free loss log equal to what the killed run had logged; SIGTERM
 //! finishes the step and writes a final checkpoint; a run another trainer holds, a checkpoint of
 //! another config and an output folder that cannot exist are refused before training.
@@ -7,7 +7,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::util::{self, err, losses, tiny_gan};
+use crate::util::{self, ca, err, losses, tiny_gan};
 
 const CONFIG: &str = "configs/ca-gan-synthetic.toml";
 
@@ -175,10 +175,22 @@ fn another_config_and_an_impossible_output_folder_are_refused_before_training() 
     let tmp = tempfile::tempdir().unwrap();
     let run = tmp.path().join("run");
     let out = train_cmd(&run, &tiny(2, 0), false).output().unwrap();
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{said}");
+    // What a new user reads first: a few lines (model, data, length, where the run goes), not
+    // the effective config, which is in RUN/config.toml.
+    let before_training: Vec<&str> = said
+        .lines()
+        .take_while(|l| !l.starts_with("final checkpoint"))
+        .collect();
     assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+        before_training.len() <= 4
+            && said.starts_with("training gan-style")
+            && said.contains("48 background + 48 target images")
+            && said.contains("up to 2 steps")
+            && said.contains(&run.join("config.toml").display().to_string())
+            && !said.contains("[model"),
+        "{said}"
     );
     // A run another trainer is writing to (its lock held, here by this process): --resume is
     // refused, naming the holder, and nothing of the run is touched.
@@ -220,4 +232,47 @@ fn another_config_and_an_impossible_output_folder_are_refused_before_training() 
         "{e}"
     );
     assert!(!file.join("run").exists());
+}
+
+/// A missing config file, a data folder without its target set and another family's key are
+/// each reported once, first, naming the file, folder or key; nothing else is printed before.
+#[test]
+fn bad_input_is_the_first_and_only_thing_said() {
+    let tmp = tempfile::tempdir().unwrap();
+    let e = err(ca().args(["train", "--config", "/nope.toml"]));
+    assert_eq!(
+        e.matches("No such file or directory").count(),
+        1,
+        "the cause once: {e}"
+    );
+    assert!(e.starts_with("error: ") && e.contains("/nope.toml"), "{e}");
+    let data = tmp.path().join("pair");
+    std::fs::create_dir_all(data.join("background")).unwrap();
+    let run = tmp.path().join("run");
+    let e = err(crate::util::train_cmd(
+        "configs/ca-gan-folder.toml",
+        &run,
+        &[format!("data.root=\"{}\"", data.display())],
+        false,
+    )
+    .arg("--max-steps")
+    .arg("1"));
+    assert!(
+        e.starts_with("error: ") && e.contains("target") && e.lines().count() <= 3,
+        "the data error first, nothing before it: {e}"
+    );
+    assert!(!run.join("config.toml").exists(), "nothing written");
+    let e = err(crate::util::train_cmd(
+        "configs/ca-diffusion-synthetic.toml",
+        &run,
+        &["loss.swap=1".into()],
+        false,
+    )
+    .arg("--max-steps")
+    .arg("1"));
+    assert!(
+        e.contains("`loss.swap` is a key of the gan family")
+            && e.contains("model.family is \"diffusion\""),
+        "{e}"
+    );
 }

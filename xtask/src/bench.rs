@@ -1,4 +1,4 @@
-//! `cargo xtask bench`: Rust against PyTorch, side by side (issue #8).
+//! `cargo xtask bench`: Rust against PyTorch, side by side.
 //!
 //! For each row of `benches/rows.toml` it runs the Rust step timer (the `steps` bench of
 //! ca-train, built here with `cargo build --release -p ca-train --bench steps`) and the PyTorch
@@ -709,7 +709,7 @@ impl Bench {
         let _ = writeln!(md, "# Benchmarks: Rust (tch 0.24) against PyTorch 2.11\n");
         let _ = writeln!(
             md,
-            "Written by `cargo xtask bench{}` (issue #8). Each side runs in its own process per round; rounds alternate Rust, PyTorch ({rounds} round(s) per row); medians are over all timed repetitions of all rounds. Ratio < 1: Rust faster. A row whose parameter counts differ is refused.\n",
+            "Written by `cargo xtask bench{}`. Each side runs in its own process per round; rounds alternate Rust, PyTorch ({rounds} round(s) per row); medians are over all timed repetitions of all rounds. Ratio < 1: Rust faster. A row whose parameter counts differ is refused.\n",
             if self.quick { " --quick" } else { "" }
         );
         let _ = writeln!(

@@ -1,4 +1,4 @@
-//! `cargo xtask gpu-check`: prepare the CUDA check of issue #8 for the GPU machine.
+//! `cargo xtask gpu-check`: prepare the CUDA check for the GPU machine.
 //!
 //! The GPU machine has python3 with PyTorch 2.11.0+cu130 and no Rust toolchain, so this builds
 //! here the release `ca` binary and the `steps` bench (the step timer of `cargo xtask bench`),

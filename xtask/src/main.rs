@@ -15,6 +15,7 @@ mod fetch_weights;
 mod gpu_check;
 mod quickstart;
 mod setup;
+mod tidy;
 mod util;
 
 use std::path::PathBuf;

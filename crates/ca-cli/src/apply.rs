@@ -1,15 +1,16 @@
 //! The inference verbs: `encode`, `generate`, `swap`, `counterfactual`, `traverse`.
-//! Each loads a run (config + latest checkpoint) and speaks only `ca_train::model::CaModel`,
+//! Each loads a run (config + latest checkpoint) and speaks only `ca_models::CaModel`,
 //! so GAN and diffusion runs are used the same way.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
+use ca_data::grid as images;
 use ca_data::{DataConfig, Dataset, EvalBatches, Split};
 use ca_models::CaCode;
-use ca_train::model::{self, CaModel};
-use ca_train::{images, run};
+use ca_models::inference::{self as model, CaModel};
+use ca_train::run;
 use tch::{Device, Kind, Tensor};
 
 /// Parse `auto | cpu | cuda | cuda:N`.

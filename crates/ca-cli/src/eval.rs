@@ -1,6 +1,6 @@
 //! `ca eval`: evaluate a run on held-out images (separation probes, ground-truth metrics,
 //! reconstruction, image quality) and write `RUN/eval/{metrics.json, report.md, report.html}`
-//! with the grid PNGs. The work is done by `ca_train::eval`; this file only resolves the data,
+//! with the grid PNGs. The work is done by `ca_eval`; this file only resolves the data,
 //! the options and the comparison runs.
 
 use std::path::PathBuf;
@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use anyhow::{Context, bail};
 use ca_data::Split;
-use ca_train::eval::{self, EvalOptions, RunInfo, report};
+use ca_eval::{self as eval, EvalOptions, RunInfo, report};
 use ca_train::run;
 
 use crate::apply;
@@ -100,7 +100,14 @@ pub fn eval(a: &EvalArgs) -> anyhow::Result<()> {
     // (RUN/eval/, or RUN/eval-ckpt-NNNNNNN/ with --checkpoint, then -KEY=VALUE per --set).
     let dir = match &a.out {
         Some(out) => out.clone(),
-        None => report::eval_dir(&a.run, a.checkpoint.as_ref().map(|_| meta.step), &a.sets),
+        None => report::eval_dir(
+            &a.run,
+            a.checkpoint
+                .as_ref()
+                .map(|_| ca_train::checkpoint::folder_name(meta.step))
+                .as_deref(),
+            &a.sets,
+        ),
     };
     let out = if a.separation_only {
         report::prepare_separation_file(&dir, a.force)?
@@ -152,6 +159,12 @@ pub fn eval(a: &EvalArgs) -> anyhow::Result<()> {
         wall_clock_s: meta.wall_clock_s,
         split: if a.all_images { "all" } else { "eval" }.into(),
         apply: Some(cfg.apply),
+        // The loaded `cfg.apply` already holds the overridden values; this lists the overrides.
+        env_overrides: cfg
+            .apply
+            .with_env_overrides(ca_models::apply::env_var)
+            .map(|(_, used)| used)
+            .unwrap_or_default(),
     };
     eprintln!(
         "evaluating {} ({} at step {}) on {} images{} ...",

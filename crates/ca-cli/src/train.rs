@@ -38,7 +38,7 @@ pub struct Train {
     /// Stop cleanly, with a final checkpoint, after this many minutes (overrides train.max_minutes).
     #[arg(long)]
     max_minutes: Option<f64>,
-    /// Print the resolved config and exit.
+    /// Print the resolved config and exit (a run writes it to RUN/config.toml).
     #[arg(long)]
     dry_run: bool,
 }
@@ -124,7 +124,6 @@ impl Train {
             print!("{}", cfg.to_toml());
             return Ok(());
         }
-        eprintln!("effective config:\n{}", cfg.to_toml());
         let device = crate::apply::parse_device(&self.device)?;
         if device.is_cuda() {
             tch::Cuda::cudnn_set_benchmark(true);

@@ -1,5 +1,5 @@
 //! The evaluation accessor: a whole split as tensors, with labels and (when the dataset has
-//! it) ground truth, for the metrics of DESIGN.md section 6.
+//! it) ground truth, for the metrics of docs/design.md section 6.
 
 use rayon::prelude::*;
 use tch::Tensor;

@@ -19,6 +19,7 @@ pub mod error;
 pub mod eval;
 pub mod export;
 pub mod folder;
+pub mod grid;
 pub mod imageio;
 pub mod labels;
 pub mod loader;

@@ -1,6 +1,6 @@
 //! The synthetic contrastive-analysis benchmark: procedurally rendered images with known
 //! common and salient factors, an exact background counterpart and an overlay mask for every
-//! target image (DESIGN.md section 5; the CA setting of He, Lesné, Liu, Soumm, Gori,
+//! target image (docs/design.md section 5; the CA setting of He, Lesné, Liu, Soumm, Gori,
 //! arXiv 2512.12800, 2025, and of Double InfoGAN, Carton, Louiset, Gori, AISTATS 2024).
 //!
 //! * **Common factors** (both sets, same distribution): background colour, a main object of

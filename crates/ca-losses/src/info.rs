@@ -6,7 +6,7 @@
 //!   negative log-likelihood form.
 //! * Salient-zero and the background-vs-target class loss: Double InfoGAN (the `s`-head of real
 //!   background images is pushed to 0; a dataset head is trained with BCE).
-//! * Swap consistency: this project's term (DESIGN.md 4.1): fakes made from swapped codes must be
+//! * Swap consistency: this project's term (docs/design.md 4.1): fakes made from swapped codes must be
 //!   judged in the right group and give back the codes they were made from.
 //!
 //! Convention: background images have `s = 0`; a "target" label is `1`, "background" `0`.
@@ -114,7 +114,7 @@ impl SwapConsistency {
 /// give back both codes it was made from.
 ///
 /// The trainer builds the swapped fakes and runs the discriminator on them; this function only
-/// scores the outputs. Two uses (DESIGN.md 4.1), possibly concatenated in one batch:
+/// scores the outputs. Two uses (docs/design.md 4.1), possibly concatenated in one batch:
 /// * `G(z_background, s_target)`: `z`, `s` are those codes, `expected_target = 1`;
 /// * `G(z_target, 0)` (built with `CaCode::background`): `s` is the zero code,
 ///   `expected_target = 0`, so the `s`-head is also pushed to 0 as in [`salient_zero`].

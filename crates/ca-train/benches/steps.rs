@@ -1,4 +1,4 @@
-//! Step timer for `cargo xtask bench` (issue #8): times one row of `benches/rows.toml` — a
+//! Step timer for `cargo xtask bench`: times one row of `benches/rows.toml` — a
 //! training step, DDIM decoding or encoding — exactly as the library runs it, and prints one
 //! JSON line (median / mean / min step time, peak RSS, parameter count of every network).
 //!
@@ -24,10 +24,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use ca_models::{CaCode, ImageGeometry};
-use ca_train::config::{ModelConfig, RunConfig};
-use ca_train::diffusion::DiffusionModel;
-use ca_train::gan::GanModel;
-use ca_train::model::CaModel;
+use ca_train::config::RunConfig;
 use ca_train::run::build_step;
 use serde::Deserialize;
 use tch::{Device, Kind, Tensor};
@@ -278,14 +275,8 @@ fn real_main() -> Result<(), String> {
             let map: HashMap<String, Tensor> = tensors.into_iter().collect();
             drop(step_fn);
             let file = Path::new("<bench>");
-            let model: Box<dyn CaModel> = match &cfg.model {
-                ModelConfig::Gan(g) => Box::new(
-                    GanModel::load(g, geom, &map, file, device).map_err(|e| e.to_string())?,
-                ),
-                ModelConfig::Diffusion(d) => Box::new(
-                    DiffusionModel::load(d, geom, &map, file, device).map_err(|e| e.to_string())?,
-                ),
-            };
+            let model = ca_train::family::load_model(&cfg, geom, &map, file, device)
+                .map_err(|e| e.to_string())?;
             drop(map);
             // The networks a row runs: the decoder for DDIM, the encoder for encoding.
             let keep: &[&str] = if row.kind == "ddim" {
@@ -298,7 +289,7 @@ fn real_main() -> Result<(), String> {
                 .filter(|(k, _)| keep.contains(&k.as_str()))
                 .collect();
             if row.kind == "ddim" {
-                // CaModel::decode: CA_DDIM_STEPS (default 50) deterministic steps, x0 clipped.
+                // CaModel::decode: apply.diffusion_ddim_steps (default 50) deterministic steps, x0 clipped.
                 let b = 16;
                 let code = CaCode::new(
                     Tensor::randn([b, model.dz()], (Kind::Float, device)),

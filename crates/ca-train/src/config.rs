@@ -3,143 +3,189 @@
 //! ```toml
 //! [data]      # ca_data::DataConfig   (kind = "synthetic" | "folder" | "npy")
 //! [model]     # family = "gan" | "diffusion", then that family's network config
-//! [loss]      # one weight per loss term (0 skips the term's computation)
-//! [optim]     # learning rates, betas, schedule
+//! [loss]      # the family's loss weights (0 skips the term's computation)
+//! [optim]     # the family's learning rates, betas, schedule
 //! [train]     # batch, length, logging, checkpoints, seed
-//! [eval]      # evaluation sizes
+//! [eval]      # evaluation sizes (ca_eval::EvalConfig)
+//! [apply]     # how a trained model edits real images (ca_models::ApplyConfig)
 //! ```
-//! Every table denies unknown keys, so a typo is an error naming the key (with a "did you mean").
+//! Every table denies unknown keys, so a typo is an error naming the key (with a "did you mean");
+//! `[loss]` and `[optim]` are the family's own ([`crate::family`]), so a key of another family is
+//! an error that says whose key it is.
 //! The resolved config is written to `<run>/config.toml` before step 0 and re-read by every
 //! command that loads the run.
 
 use std::path::Path;
 
 use ca_data::DataConfig;
-use ca_models::diffusion::DiffusionModelConfig;
-use ca_models::gan::GanModelConfig;
 use serde::{Deserialize, Serialize};
 
-pub use crate::overrides::ConfigError;
-use crate::overrides::{apply_overrides, with_suggestion};
+pub use ca_eval::EvalConfig;
+pub use ca_models::apply::{ApplyConfig, DiffusionEdit, GanEdit};
 
-/// A whole run: what `ca train --config FILE` reads.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+use crate::ca_terms::CodeTerms;
+pub use crate::family::{LossConfig, ModelConfig, OptimConfig};
+pub use crate::overrides::ConfigError;
+use crate::overrides::{apply_overrides, edit_distance, with_suggestion};
+
+/// A whole run: what `ca train --config FILE` reads (through [`RunConfig::from_toml`]).
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct RunConfig {
     /// The dataset (`[data]`).
-    #[serde(default)]
     pub data: DataConfig,
     /// The model family and its networks (`[model]`).
     pub model: ModelConfig,
-    /// Loss weights (`[loss]`).
-    #[serde(default)]
+    /// The family's loss weights (`[loss]`).
     pub loss: LossConfig,
-    /// Optimiser (`[optim]`).
-    #[serde(default)]
+    /// The family's optimiser settings (`[optim]`).
     pub optim: OptimConfig,
     /// Training loop (`[train]`).
-    #[serde(default)]
     pub train: TrainConfig,
     /// Evaluation (`[eval]`).
-    #[serde(default)]
     pub eval: EvalConfig,
     /// How a trained model edits real images (`[apply]`): read by `ca counterfactual`, `ca swap`
     /// and `ca eval`, never by training, so it can be changed in a run's `config.toml`.
-    #[serde(default)]
     pub apply: ApplyConfig,
 }
 
-/// How a trained model edits real images (`[apply]`).
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct ApplyConfig {
-    /// How a GAN re-renders a real image `x` (codes `own`) with new codes (counterfactual,
-    /// swap).
-    pub gan_edit: GanEdit,
-    /// How a diffusion model re-renders a real image `x` with new codes: always through the
-    /// DDIM inversion `x_T` of `x` under `own`, then decoded under the new codes (`invert`),
-    /// blended into `x` where that decoding differs from the decoding under `own` (`masked`), or
-    /// regenerated there against the rest of `x` (`inpaint`).
-    pub diffusion_edit: DiffusionEdit,
-    /// Diffusion edits: before decoding under the new codes, the inverted `x_T` is mixed with
-    /// fresh noise, `sqrt(1 - r) x_T + sqrt(r) eps` (fixed seed), so less of what the new codes
-    /// remove survives in `x_T` (0 = none, the default; 1 = a fresh `x_T`, keeping only what the
-    /// codes describe). `inpaint` mixes only the start of the regenerated region (its mask is
-    /// taken before mixing). Reconstruction (`render`) never mixes.
-    pub diffusion_renoise: f64,
-    /// Diffusion edits: the decoding under the new codes is guided away from the image's own
-    /// codes, denoiser output `(1 + w) f(new) - w f(own)` at every step, so what the change of
-    /// codes changes is changed `1 + w` times as much (0 = plain decoding, the default; each
-    /// step then costs two UNet evaluations). Reconstruction (`render`) is never guided.
-    pub diffusion_guidance: f64,
-    /// The masked edits (`gan_edit` / `diffusion_edit = "masked"`): a pixel whose rendering
-    /// changes by this much (mean absolute difference over channels, 0-1 scale) between the two
-    /// codes takes the new rendering fully; smaller changes blend linearly towards `x`
-    /// (default 0.1). Read as `gan_mask_scale` too (run configs written before the diffusion
-    /// edit had it).
-    #[serde(alias = "gan_mask_scale")]
-    pub mask_scale: f64,
-    /// The masked edits: the mask is widened by this many pixels (a max filter), so the soft
-    /// edges drawn around an edited object are covered (default 3). Read as
-    /// `gan_mask_dilate` too.
-    #[serde(alias = "gan_mask_dilate")]
-    pub mask_dilate: i64,
+/// The tables as read, `[loss]` and `[optim]` still raw: which keys they may hold depends on
+/// `model.family`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRunConfig {
+    #[serde(default)]
+    data: DataConfig,
+    model: ModelConfig,
+    #[serde(default)]
+    loss: toml::Table,
+    #[serde(default)]
+    optim: toml::Table,
+    #[serde(default)]
+    train: TrainConfig,
+    #[serde(default)]
+    eval: EvalConfig,
+    #[serde(default)]
+    apply: ApplyConfig,
 }
 
-impl Default for ApplyConfig {
-    fn default() -> Self {
-        ApplyConfig {
-            gan_edit: GanEdit::default(),
-            diffusion_edit: DiffusionEdit::default(),
-            diffusion_renoise: 0.0,
-            diffusion_guidance: 0.0,
-            mask_scale: 0.1,
-            mask_dilate: 3,
-        }
+/// The learning-rate schedule of a family's optimisers (`optim.schedule`, `optim.warmup_steps`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LrSchedule {
+    /// Constant or cosine after warm-up.
+    pub schedule: Schedule,
+    /// Linear warm-up steps.
+    pub warmup_steps: u64,
+}
+
+impl LrSchedule {
+    /// The learning-rate multiplier at `step` (0-based) of `total` steps.
+    pub fn lr_factor(&self, step: u64, total: u64) -> f64 {
+        let warm = if self.warmup_steps > 0 && step < self.warmup_steps {
+            (step + 1) as f64 / self.warmup_steps as f64
+        } else {
+            1.0
+        };
+        let decay = match self.schedule {
+            Schedule::Constant => 1.0,
+            Schedule::Cosine => {
+                let span = total.saturating_sub(self.warmup_steps).max(1) as f64;
+                let t = (step.saturating_sub(self.warmup_steps) as f64 / span).min(1.0);
+                0.1 + 0.9 * 0.5 * (1.0 + (std::f64::consts::PI * t).cos())
+            }
+        };
+        warm * decay
     }
 }
 
-impl ApplyConfig {
-    /// The settings that act on a model of `family` (`gan` / `diffusion`), as TOML key-value
-    /// pairs on one line (`diffusion_edit = "masked", diffusion_guidance = 1, ...`): what
-    /// `ca eval` records beside its numbers and the inference verbs write in their captions.
-    pub fn describe(&self, family: &str) -> String {
-        let mask = format!(
-            "mask_scale = {}, mask_dilate = {}",
-            self.mask_scale, self.mask_dilate
-        );
-        match family {
-            "gan" => {
-                let edit = match self.gan_edit {
-                    GanEdit::Decode => "decode",
-                    GanEdit::Residual => "residual",
-                    GanEdit::Masked => "masked",
-                };
-                if self.gan_edit == GanEdit::Masked {
-                    format!("gan_edit = \"{edit}\", {mask}")
-                } else {
-                    format!("gan_edit = \"{edit}\"")
-                }
-            }
-            "diffusion" => {
-                let edit = match self.diffusion_edit {
-                    DiffusionEdit::Invert => "invert",
-                    DiffusionEdit::Masked => "masked",
-                    DiffusionEdit::Inpaint => "inpaint",
-                };
-                let base = format!(
-                    "diffusion_edit = \"{edit}\", diffusion_guidance = {}, diffusion_renoise = {}",
-                    self.diffusion_guidance, self.diffusion_renoise
-                );
-                if self.diffusion_edit == DiffusionEdit::Invert {
-                    base
-                } else {
-                    format!("{base}, {mask}")
-                }
-            }
-            _ => format!("{self:?}"),
+/// A [`ConfigError::Value`] for `key`.
+pub fn bad_value(key: &str, value: &str, msg: &str) -> ConfigError {
+    ConfigError::Value {
+        key: key.into(),
+        value: value.into(),
+        msg: msg.into(),
+    }
+}
+
+/// Every loss weight (the shared ones of `ca` and the family's `own`) must be finite and >= 0;
+/// `loss.salient_nce_temperature` > 0.
+pub fn check_weights(ca: &CodeTerms, own: &[(&str, f64)]) -> Result<(), ConfigError> {
+    for (k, v) in ca.weights().iter().copied().chain(own.iter().copied()) {
+        if !(v >= 0.0 && v.is_finite()) {
+            return Err(bad_value(
+                k,
+                &v.to_string(),
+                "loss weights must be finite and >= 0",
+            ));
         }
     }
+    let t = ca.salient_nce_temperature;
+    if !(t > 0.0 && t.is_finite()) {
+        return Err(bad_value(
+            "loss.salient_nce_temperature",
+            &t.to_string(),
+            "must be finite and > 0 (typical: 0.1-0.5)",
+        ));
+    }
+    Ok(())
+}
+
+/// Learning rates in (0, 1), Adam betas in [0, 1).
+pub fn check_adam(lrs: &[(&str, f64)], beta1: f64, beta2: f64) -> Result<(), ConfigError> {
+    for &(k, v) in lrs {
+        if !(v > 0.0 && v < 1.0) {
+            return Err(bad_value(
+                k,
+                &v.to_string(),
+                "learning rates must be in (0, 1)",
+            ));
+        }
+    }
+    for (k, v) in [("optim.beta1", beta1), ("optim.beta2", beta2)] {
+        if !(0.0..1.0).contains(&v) {
+            return Err(bad_value(k, &v.to_string(), "Adam betas must be in [0, 1)"));
+        }
+    }
+    Ok(())
+}
+
+/// Every key of `table` (the `[section]` of a `family` config) must be one of `allowed`; one
+/// that another family has is named with that family, any other with the closest allowed key.
+pub fn check_keys(
+    table: &toml::Table,
+    section: &str,
+    family: &str,
+    allowed: &[String],
+    others: &[(&str, &[String])],
+    origin: &str,
+) -> Result<(), ConfigError> {
+    for key in table.keys() {
+        if allowed.contains(key) {
+            continue;
+        }
+        let mut msg = match others.iter().find(|(_, keys)| keys.contains(key)) {
+            Some((other, _)) => format!(
+                "`{section}.{key}` is a key of the {other} family, but this config's model.family is \"{family}\"; remove it (the {family} family's [{section}] keys: {})",
+                allowed.join(", ")
+            ),
+            None => format!(
+                "unknown key `{section}.{key}` for model.family = \"{family}\" (its [{section}] keys: {})",
+                allowed.join(", ")
+            ),
+        };
+        if let Some((_, best)) = allowed
+            .iter()
+            .map(|cand| (edit_distance(key, cand), cand))
+            .filter(|(d, cand)| *d <= 2.max(cand.len() / 3))
+            .min()
+        {
+            msg.push_str(&format!("\n  did you mean `{best}`?"));
+        }
+        return Err(ConfigError::Invalid {
+            origin: origin.into(),
+            msg,
+        });
+    }
+    Ok(())
 }
 
 /// `--set` overrides for a trained run: each must be an `apply.KEY=VALUE` (the `[apply]` table
@@ -159,237 +205,6 @@ pub fn check_apply_sets(sets: &[String]) -> Result<(), ConfigError> {
     Ok(())
 }
 
-/// How a GAN edits a real image (`apply.gan_edit`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "kebab-case")]
-pub enum GanEdit {
-    /// `G(new)`: the edit is the generator's rendering, details G cannot reconstruct are lost.
-    #[default]
-    Decode,
-    /// `x + G(new) - G(own)`: only what the change of codes changes in G's output is applied
-    /// to `x`, so what G renders badly (fine detail, blur) is kept from `x`, as DDIM inversion
-    /// keeps it for a diffusion model.
-    Residual,
-    /// `x + m * (G(new) - x)`, `m` a soft mask of where G's output changes between the two
-    /// codes (`mask_scale`, `mask_dilate`): the new rendering where the codes change the
-    /// image, `x` itself elsewhere.
-    Masked,
-}
-
-/// How a diffusion model edits a real image (`apply.diffusion_edit`). Both start from the DDIM
-/// inversion `x_T` of `x` under its own codes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "kebab-case")]
-pub enum DiffusionEdit {
-    /// `D(x_T, new)`: the deterministic DDIM decoding of `x_T` under the new codes (DiffAE's
-    /// edit).
-    #[default]
-    Invert,
-    /// `x + m * (D(x_T, new) - x)`, `m` a soft mask of where `D(x_T, new)` differs from
-    /// `D(x_T, own)` (`mask_scale`, `mask_dilate`): what the inverted `x_T` still carries of the
-    /// removed content is not spread over the rest of the image, which stays `x` itself. One
-    /// more decoding than `invert`.
-    Masked,
-    /// The masked edit's region regenerated: DDIM decoding under the new codes where, at every
-    /// level, the latent outside the mask is held to the inversion path of `x` (inpainting), so
-    /// the region is drawn to fit its surroundings, and what `x_T` carries of the removed content
-    /// inside it can be replaced by fresh noise (`diffusion_renoise`, there only). Outside the
-    /// mask the result is `x`. One more decoding than `masked`.
-    Inpaint,
-}
-
-/// The model family, chosen by `family = "gan" | "diffusion"` in `[model]`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "family", rename_all = "kebab-case")]
-pub enum ModelConfig {
-    /// CA-GAN (DESIGN.md 4.1).
-    Gan(GanModelConfig),
-    /// CA-diffusion (DESIGN.md 4.2).
-    Diffusion(DiffusionModelConfig),
-}
-
-impl ModelConfig {
-    /// `gan` or `diffusion`.
-    pub fn family(&self) -> &'static str {
-        match self {
-            ModelConfig::Gan(_) => "gan",
-            ModelConfig::Diffusion(_) => "diffusion",
-        }
-    }
-
-    /// Common and salient code sizes.
-    pub fn dims(&self) -> (i64, i64) {
-        match self {
-            ModelConfig::Gan(c) => (c.dz, c.ds),
-            ModelConfig::Diffusion(c) => (c.dz, c.ds),
-        }
-    }
-}
-
-/// The adversarial loss form.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "kebab-case")]
-pub enum AdversarialKind {
-    /// Non-saturating logistic loss (Goodfellow et al. 2014); Double InfoGAN and StyleGAN2.
-    #[default]
-    Nonsaturating,
-    /// Hinge loss (Lim & Ye 2017).
-    Hinge,
-}
-
-/// Loss weights. A weight of 0 skips the term (it is not computed).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct LossConfig {
-    /// GAN: weight of the adversarial term (D and G). Default 1.
-    pub adversarial: f64,
-    /// GAN: `nonsaturating` (default) or `hinge`.
-    pub adversarial_kind: AdversarialKind,
-    /// GAN: R1 penalty weight gamma (the penalty is gamma/2 * ||grad D(x)||^2 on real images).
-    /// Default 0.1 (StyleGAN2 uses 0.01-10 depending on resolution; small images want small gamma).
-    pub r1_gamma: f64,
-    /// GAN: lazy R1 — apply it every this many D steps, scaled by the interval (StyleGAN2: 16).
-    pub r1_every: u64,
-    /// Dataset classification (background vs target): D on real images and G on its fakes.
-    /// Default 1 (Double InfoGAN's class loss).
-    pub class: f64,
-    /// Info loss on the common code of fakes: L1 between sampled and predicted `z`. Default 1.
-    pub info_z: f64,
-    /// Info loss on the salient code of fakes: L1 between sampled and predicted `s`. Default 1.
-    pub info_s: f64,
-    /// Salient-zero: the predicted `s` of real background images is pushed to 0. Default 1.
-    pub salient_zero: f64,
-    /// GAN: dataset classification from the encoder's `s` of real images — a head
-    /// `w . [s, s²] + b` trained with the encoder, BCE against background/target (the square
-    /// terms because background `s` is pushed to 0 and target `s` to mean 0: no linear function
-    /// of `s` alone tells them apart; see `ca_train::gan::salient_class_features`) — so that target
-    /// codes must differ from the background's `s = 0` in a readable way (the diffusion model's
-    /// `class` term; for the GAN, `class` is the discriminator's dataset head). Default 0.
-    pub salient_class: f64,
-    /// Reconstruction of real images through `G(E(x))`, pixel L1. Default 1.
-    pub recon_pixel: f64,
-    /// Reconstruction: multi-scale discriminator-feature matching. Default 0 (on in ca-gan).
-    pub recon_features: f64,
-    /// Swap consistency: `G(z_bg, s_tgt)` judged target and encoding back to both codes;
-    /// `G(z_tgt, 0)` judged background. Default 0 (on in ca-gan).
-    pub swap: f64,
-    /// Common-code invariance: MMD between the `z` of background and target images (scale-free:
-    /// codes divided by their detached pooled std). Default 0.
-    pub mmd: f64,
-    /// Latent prior matching (GAN): batch-moment KL to `N(0, I)` of the encoder's codes of real
-    /// images — `z` of every row, `s` of target rows — so reconstructions, swaps and
-    /// counterfactuals decode codes from the region the generator is trained on with random
-    /// codes (see `ca_losses::prior`). Default 0.
-    pub prior: f64,
-    /// Common-code invariance: a dataset classifier on `z` that the encoder opposes (how:
-    /// `z_adversary_kind`). Default 0.
-    pub z_adversary: f64,
-    /// What the common-code invariance terms (`mmd`, `z_adversary`) train: `encoder` (default:
-    /// their gradient reaches the whole encoder) or `head` (only the linear `z` head: `z` is
-    /// recomputed from the encoder's shared features with the gradient stopped there). The
-    /// encoder's `z` and `s` heads read the same features, so with `encoder` the pressure to
-    /// hide the dataset from `z` also erases it from the features `s` needs: measured with the
-    /// CA-GAN (300 steps, `salient_class` only: its loss fell 0.69 -> 0.36; with `z_adversary`
-    /// added it rose to 1.0 and was back at 0.68 at step 200). `head` needs a separate encoder
-    /// (the diffusion encoder, or `[model.encoder]` for the GAN); a GAN that encodes with its
-    /// discriminator's heads keeps `encoder`.
-    pub invariance_scope: InvarianceScope,
-    /// How the encoder opposes the `z` adversary: `reversal` (default; gradient reversal, the
-    /// encoder maximises the classifier's loss, which also rewards flipped labels) or
-    /// `confusion` (the encoder pushes the classifier's logit to 0; see
-    /// `ca_train::gan::z_adversary_terms`).
-    pub z_adversary_kind: ZAdversaryKind,
-    /// GAN: steps over which the salient conventions — `salient_zero` and the `prior` on target
-    /// `s` — ramp linearly from 0 to their weights (the `prior` on `z` is never ramped).
-    /// Default 0 (full weight from the first step). Measured with the CA-GAN (300-step screens,
-    /// `salient_class` = 1, separate encoder): with both conventions at full weight from step 0
-    /// the encoder never learns background-vs-target from `s` (BCE 0.69 -> 0.69: the prior fills
-    /// `s` with whatever image variance is at hand, the L1 of `salient_zero` squeezes it to 0 for
-    /// every image); without them BCE 0.69 -> 0.50.
-    pub salient_warmup_steps: u64,
-    /// Diffusion: weight of the denoising loss. Default 1.
-    pub denoise: f64,
-    /// Use the background convention `s = 0` when decoding real background images. Default
-    /// true; the plain-autoencoder baseline sets it false (no dataset signal at all).
-    pub salient_masking: bool,
-    /// Weight of a contrastive term on the salient code of target images (both model kinds; the
-    /// GAN's encoder codes of real images, or its discriminator heads without an encoder) —
-    /// symmetric InfoNCE ([`ca_losses::contrastive::info_nce`]) between the raw `s` of each
-    /// target image and the `s` of a randomly shifted and mirrored copy of it (an extra pass of
-    /// the `s` path on the target rows), other target images of the batch as negatives — so `s`
-    /// keeps what tells target images apart beyond what the decoder and the dataset head ask of
-    /// it (SepCLR's salient term). Codes are centred on the batch's mean target code;
-    /// similarities are cosines with a norm floor of 1 ([`crate::salient_terms`]). Default 0
-    /// (off; measured on the synthetic presets in `configs/TRIALS.md`).
-    pub salient_nce: f64,
-    /// Temperature of `salient_nce` (> 0). Default 0.2.
-    pub salient_nce_temperature: f64,
-    /// Largest shift, in pixels along each axis, of the `salient_nce` view (border
-    /// pixels repeated; `0`: mirroring only). Default 4.
-    pub salient_nce_shift: u32,
-    /// Weight of a decorrelation term between the codes of target images (both model kinds; the
-    /// GAN's encoder codes of real images) — the mean squared correlation between every column
-    /// of the (detached) common code `z` and every column of the salient code `s` over the
-    /// batch's target rows, `s` columns shorter than 1 counted by their covariance
-    /// ([`ca_losses::invariance::cross_correlation_sq`]), so `s` carries nothing linearly
-    /// readable from `z` (the background colour that `salient_nce` lets into `s`, say). Only `s`
-    /// is moved. Default 0 (off).
-    pub salient_decorrelation: f64,
-}
-
-impl Default for LossConfig {
-    fn default() -> Self {
-        LossConfig {
-            adversarial: 1.0,
-            adversarial_kind: AdversarialKind::Nonsaturating,
-            r1_gamma: 0.1,
-            r1_every: 16,
-            class: 1.0,
-            info_z: 1.0,
-            info_s: 1.0,
-            salient_zero: 1.0,
-            salient_class: 0.0,
-            recon_pixel: 1.0,
-            recon_features: 0.0,
-            swap: 0.0,
-            mmd: 0.0,
-            prior: 0.0,
-            z_adversary: 0.0,
-            invariance_scope: InvarianceScope::Encoder,
-            z_adversary_kind: ZAdversaryKind::Reversal,
-            salient_warmup_steps: 0,
-            denoise: 1.0,
-            salient_masking: true,
-            salient_nce: 0.0,
-            salient_nce_temperature: 0.2,
-            salient_nce_shift: 4,
-            salient_decorrelation: 0.0,
-        }
-    }
-}
-
-/// How the encoder opposes the `z` adversary (`loss.z_adversary_kind`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "kebab-case")]
-pub enum ZAdversaryKind {
-    /// Gradient reversal (Ganin & Lempitsky).
-    #[default]
-    Reversal,
-    /// Dataset confusion against a classifier trained on detached codes.
-    Confusion,
-}
-
-/// What the common-code invariance terms train (`loss.invariance_scope`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "kebab-case")]
-pub enum InvarianceScope {
-    /// The whole encoder.
-    #[default]
-    Encoder,
-    /// Only the linear `z` head (the shared features are detached for these terms).
-    Head,
-}
-
 /// The learning-rate schedule.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "kebab-case")]
@@ -399,71 +214,6 @@ pub enum Schedule {
     Constant,
     /// Cosine decay to 10% over `train.max_steps` after warm-up.
     Cosine,
-}
-
-/// Optimiser settings (Adam for every network).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct OptimConfig {
-    /// Generator (or UNet) learning rate. Default 2e-4 (Double InfoGAN).
-    pub lr_g: f64,
-    /// Discriminator learning rate. Default 2e-4 (Double InfoGAN).
-    pub lr_d: f64,
-    /// Separate encoder learning rate. Default 2e-4.
-    pub lr_e: f64,
-    /// Adam beta1. Default 0.5 (Double InfoGAN, DCGAN).
-    pub beta1: f64,
-    /// Adam beta2. Default 0.999.
-    pub beta2: f64,
-    /// Learning-rate schedule. Default constant.
-    pub schedule: Schedule,
-    /// Linear warm-up steps. Default 0.
-    pub warmup_steps: u64,
-    /// Clip the global gradient norm of each network (0 = off). Default 0.
-    pub grad_clip: f64,
-    /// Diffusion: clip groups of parameters each to `grad_clip` instead of all together — the
-    /// UNet; the encoder's salient stack and `s` head; the rest of the encoder (trunk and `z`
-    /// head); the training heads. One global clip lets the largest group set every group's
-    /// step: on the synthetic preset's seed 1 the `z` head's gradient norm is 280-550 at steps
-    /// 100-300, so the `s` stack's gradient is scaled by ~1/400 and its dataset head stays at
-    /// ln 2 for 400 steps (`configs/TRIALS.md`). Default false.
-    pub grad_clip_groups: bool,
-}
-
-impl Default for OptimConfig {
-    fn default() -> Self {
-        OptimConfig {
-            lr_g: 2e-4,
-            lr_d: 2e-4,
-            lr_e: 2e-4,
-            beta1: 0.5,
-            beta2: 0.999,
-            schedule: Schedule::Constant,
-            warmup_steps: 0,
-            grad_clip: 0.0,
-            grad_clip_groups: false,
-        }
-    }
-}
-
-impl OptimConfig {
-    /// The learning-rate multiplier at `step` (0-based) of `total` steps.
-    pub fn lr_factor(&self, step: u64, total: u64) -> f64 {
-        let warm = if self.warmup_steps > 0 && step < self.warmup_steps {
-            (step + 1) as f64 / self.warmup_steps as f64
-        } else {
-            1.0
-        };
-        let decay = match self.schedule {
-            Schedule::Constant => 1.0,
-            Schedule::Cosine => {
-                let span = total.saturating_sub(self.warmup_steps).max(1) as f64;
-                let t = (step.saturating_sub(self.warmup_steps) as f64 / span).min(1.0);
-                0.1 + 0.9 * 0.5 * (1.0 + (std::f64::consts::PI * t).cos())
-            }
-        };
-        warm * decay
-    }
 }
 
 /// The training loop.
@@ -525,102 +275,11 @@ impl Precision {
     }
 }
 
-impl Default for TrainConfig {
-    fn default() -> Self {
-        TrainConfig {
-            batch_size: 64,
-            max_steps: 10_000,
-            max_minutes: 0.0,
-            ema_half_life_images: 10_000.0,
-            log_every: 50,
-            sample_every: 1_000,
-            checkpoint_every: 1_000,
-            keep_last: 2,
-            seed: 0,
-            threads: 0,
-            nan_rollback: false,
-            rollback_lr_factor: 0.5,
-            max_rollbacks: 3,
-            precision: Precision::Fp32,
-        }
-    }
-}
-
-/// Evaluation settings used by `ca eval`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct EvalConfig {
-    /// At most this many held-out images are evaluated. Default 2,000.
-    pub max_images: usize,
-    /// Cross-validation folds of the probes. Default 5.
-    pub folds: usize,
-    /// L2 strength of the logistic probes (sklearn's C = 1 / l2). Default 1.
-    pub l2: f64,
-    /// Batch size of encoding/decoding during evaluation. Default 100.
-    pub batch_size: usize,
-    /// At most this many real and this many generated images go through the FID Inception
-    /// network (0 = all evaluated images). Default 500: a 299x299 Inception pass costs about
-    /// on a CPU as much as everything else of a 32x32 evaluation together; measured on 2 cores:
-    /// 0.11 s per image, so 500 (1,000 passes) keeps a 2,000-image evaluation near 2 minutes.
-    pub fid_images: usize,
-}
-
-impl Default for EvalConfig {
-    fn default() -> Self {
-        EvalConfig {
-            max_images: 2000,
-            folds: 5,
-            l2: 1.0,
-            batch_size: 100,
-            fid_images: 500,
-        }
-    }
-}
-
-impl RunConfig {
-    /// Parse TOML text (with overrides applied first). `origin` names the file in errors.
-    pub fn from_toml(text: &str, origin: &str, sets: &[String]) -> Result<Self, ConfigError> {
-        let mut table: toml::Table =
-            text.parse()
-                .map_err(|e: toml::de::Error| ConfigError::Invalid {
-                    origin: origin.into(),
-                    msg: e.to_string(),
-                })?;
-        apply_overrides(&mut table, sets)?;
-        let cfg: RunConfig =
-            toml::Value::Table(table)
-                .try_into()
-                .map_err(|e: toml::de::Error| ConfigError::Invalid {
-                    origin: origin.into(),
-                    msg: with_suggestion(&e.to_string()),
-                })?;
-        cfg.validate()?;
-        Ok(cfg)
-    }
-
-    /// Read a TOML file with overrides.
-    pub fn load(path: &Path, sets: &[String]) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        Self::from_toml(&text, &path.display().to_string(), sets)
-    }
-
-    /// The config as TOML text (what is saved in the run directory).
-    pub fn to_toml(&self) -> String {
-        toml::to_string_pretty(self).expect("config serialises")
-    }
-
-    /// Range checks of the keys owned by ca-train (data and model validate themselves when
-    /// opened/built).
+impl TrainConfig {
+    /// Range checks of `[train]`.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let bad = |key: &str, value: String, msg: &str| ConfigError::Value {
-            key: key.into(),
-            value,
-            msg: msg.into(),
-        };
-        let t = &self.train;
+        let bad = |key: &str, value: String, msg: &str| bad_value(key, &value, msg);
+        let t = self;
         if t.batch_size < 2 {
             return Err(bad(
                 "train.batch_size",
@@ -648,87 +307,144 @@ impl RunConfig {
         if t.log_every == 0 {
             return Err(bad("train.log_every", "0".into(), "must be at least 1"));
         }
-        let o = &self.optim;
-        for (k, v) in [
-            ("optim.lr_g", o.lr_g),
-            ("optim.lr_d", o.lr_d),
-            ("optim.lr_e", o.lr_e),
-        ] {
-            if !(v > 0.0 && v < 1.0) {
-                return Err(bad(k, v.to_string(), "learning rates must be in (0, 1)"));
-            }
-        }
-        for (k, v) in [("optim.beta1", o.beta1), ("optim.beta2", o.beta2)] {
-            if !(0.0..1.0).contains(&v) {
-                return Err(bad(k, v.to_string(), "Adam betas must be in [0, 1)"));
-            }
-        }
-        let l = &self.loss;
-        for (k, v) in [
-            ("loss.adversarial", l.adversarial),
-            ("loss.r1_gamma", l.r1_gamma),
-            ("loss.class", l.class),
-            ("loss.info_z", l.info_z),
-            ("loss.info_s", l.info_s),
-            ("loss.salient_zero", l.salient_zero),
-            ("loss.salient_class", l.salient_class),
-            ("loss.recon_pixel", l.recon_pixel),
-            ("loss.recon_features", l.recon_features),
-            ("loss.swap", l.swap),
-            ("loss.mmd", l.mmd),
-            ("loss.z_adversary", l.z_adversary),
-            ("loss.prior", l.prior),
-            ("loss.denoise", l.denoise),
-            ("loss.salient_nce", l.salient_nce),
-            ("loss.salient_decorrelation", l.salient_decorrelation),
-        ] {
-            if !(v >= 0.0 && v.is_finite()) {
-                return Err(bad(
-                    k,
-                    v.to_string(),
-                    "loss weights must be finite and >= 0",
-                ));
-            }
-        }
-        if !(l.salient_nce_temperature > 0.0 && l.salient_nce_temperature.is_finite()) {
+        Ok(())
+    }
+}
+
+/// Range checks of `[apply]`.
+fn validate_apply(a: &ApplyConfig) -> Result<(), ConfigError> {
+    let bad = |key: &str, value: String, msg: &str| bad_value(key, &value, msg);
+    if !(a.mask_scale > 0.0 && a.mask_scale <= 1.0) {
+        return Err(bad(
+            "apply.mask_scale",
+            a.mask_scale.to_string(),
+            "must be in (0, 1] (a change of the rendering on a 0-1 scale; typical 0.05-0.2)",
+        ));
+    }
+    if !(0.0..=1.0).contains(&a.diffusion_renoise) {
+        return Err(bad(
+            "apply.diffusion_renoise",
+            a.diffusion_renoise.to_string(),
+            "must be in [0, 1] (the share of fresh noise in the inverted x_T; 0 = none)",
+        ));
+    }
+    if !(0.0..=10.0).contains(&a.diffusion_guidance) {
+        return Err(bad(
+            "apply.diffusion_guidance",
+            a.diffusion_guidance.to_string(),
+            "must be in [0, 10] (how many times more the new codes' change is applied, less 1; 0 = none)",
+        ));
+    }
+    if !(0..=8).contains(&a.mask_dilate) {
+        return Err(bad(
+            "apply.mask_dilate",
+            a.mask_dilate.to_string(),
+            "must be 0-8 pixels",
+        ));
+    }
+    for (k, v) in [
+        ("apply.diffusion_ddim_steps", a.diffusion_ddim_steps),
+        ("apply.diffusion_invert_steps", a.diffusion_invert_steps),
+        ("apply.diffusion_prior_steps", a.diffusion_prior_steps),
+    ] {
+        if v == 0 {
             return Err(bad(
-                "loss.salient_nce_temperature",
-                l.salient_nce_temperature.to_string(),
-                "must be finite and > 0 (typical: 0.1-0.5)",
+                k,
+                "0".into(),
+                "must be at least 1 (DDIM steps; capped at the schedule's T)",
             ));
         }
-        if l.r1_every == 0 {
-            return Err(bad("loss.r1_every", "0".into(), "must be at least 1"));
+    }
+    Ok(())
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        TrainConfig {
+            batch_size: 64,
+            max_steps: 10_000,
+            max_minutes: 0.0,
+            ema_half_life_images: 10_000.0,
+            log_every: 50,
+            sample_every: 1_000,
+            checkpoint_every: 1_000,
+            keep_last: 2,
+            seed: 0,
+            threads: 0,
+            nan_rollback: false,
+            rollback_lr_factor: 0.5,
+            max_rollbacks: 3,
+            precision: Precision::Fp32,
         }
-        let a = &self.apply;
-        if !(a.mask_scale > 0.0 && a.mask_scale <= 1.0) {
-            return Err(bad(
-                "apply.mask_scale",
-                a.mask_scale.to_string(),
-                "must be in (0, 1] (a change of the rendering on a 0-1 scale; typical 0.05-0.2)",
-            ));
-        }
-        if !(0.0..=1.0).contains(&a.diffusion_renoise) {
-            return Err(bad(
-                "apply.diffusion_renoise",
-                a.diffusion_renoise.to_string(),
-                "must be in [0, 1] (the share of fresh noise in the inverted x_T; 0 = none)",
-            ));
-        }
-        if !(0.0..=10.0).contains(&a.diffusion_guidance) {
-            return Err(bad(
-                "apply.diffusion_guidance",
-                a.diffusion_guidance.to_string(),
-                "must be in [0, 10] (how many times more the new codes' change is applied, less 1; 0 = none)",
-            ));
-        }
-        if !(0..=8).contains(&a.mask_dilate) {
-            return Err(bad(
-                "apply.mask_dilate",
-                a.mask_dilate.to_string(),
-                "must be 0-8 pixels",
-            ));
-        }
+    }
+}
+
+impl RunConfig {
+    /// Parse TOML text (with overrides applied first). `origin` names the file in errors.
+    pub fn from_toml(text: &str, origin: &str, sets: &[String]) -> Result<Self, ConfigError> {
+        Self::from_table(parse_table(text, origin)?, origin, sets)
+    }
+
+    /// Parse the `config.toml` of a run directory. Runs trained before `[loss]` and `[optim]`
+    /// became per-family wrote every family's keys there; those a run's family never read are
+    /// dropped (diffusion: the GAN's loss keys, `lr_d`, `lr_e`, and `lr_g` read as `lr`; GAN:
+    /// `denoise`, `grad_clip`, `grad_clip_groups`), so such a run still loads.
+    pub fn from_saved_toml(text: &str, origin: &str, sets: &[String]) -> Result<Self, ConfigError> {
+        let mut table = parse_table(text, origin)?;
+        migrate_saved(&mut table);
+        Self::from_table(table, origin, sets)
+    }
+
+    fn from_table(
+        mut table: toml::Table,
+        origin: &str,
+        sets: &[String],
+    ) -> Result<Self, ConfigError> {
+        apply_overrides(&mut table, sets)?;
+        let raw: RawRunConfig =
+            toml::Value::Table(table)
+                .try_into()
+                .map_err(|e: toml::de::Error| ConfigError::Invalid {
+                    origin: origin.into(),
+                    msg: with_suggestion(&e.to_string()),
+                })?;
+        let (loss, optim) = crate::family::parse_sections(&raw.model, raw.loss, raw.optim, origin)?;
+        let cfg = RunConfig {
+            data: raw.data,
+            model: raw.model,
+            loss,
+            optim,
+            train: raw.train,
+            eval: raw.eval,
+            apply: raw.apply,
+        };
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Read a TOML file with overrides.
+    pub fn load(path: &Path, sets: &[String]) -> Result<Self, ConfigError> {
+        Self::from_toml(&read(path)?, &path.display().to_string(), sets)
+    }
+
+    /// Read a run directory's `config.toml` with overrides ([`RunConfig::from_saved_toml`]).
+    pub fn load_saved(path: &Path, sets: &[String]) -> Result<Self, ConfigError> {
+        Self::from_saved_toml(&read(path)?, &path.display().to_string(), sets)
+    }
+
+    /// The config as TOML text (what is saved in the run directory).
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).expect("config serialises")
+    }
+
+    /// Range checks of the keys owned by ca-train (data and model validate themselves when
+    /// opened/built), the family's `[loss]` / `[optim]`, `[eval]` and `[apply]`.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.train.validate()?;
+        self.optim.validate()?;
+        self.loss.validate()?;
+        validate_apply(&self.apply)?;
+        let bad = |key: &str, value: String, msg: &str| bad_value(key, &value, msg);
         if self.eval.folds < 2 {
             return Err(bad(
                 "eval.folds",
@@ -758,6 +474,68 @@ impl RunConfig {
             h = h.wrapping_mul(0x100000001b3);
         }
         format!("{h:016x}")
+    }
+}
+
+fn read(path: &Path) -> Result<String, ConfigError> {
+    std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+fn parse_table(text: &str, origin: &str) -> Result<toml::Table, ConfigError> {
+    text.parse()
+        .map_err(|e: toml::de::Error| ConfigError::Invalid {
+            origin: origin.into(),
+            msg: e.to_string(),
+        })
+}
+
+/// See [`RunConfig::from_saved_toml`].
+fn migrate_saved(table: &mut toml::Table) {
+    let family = table
+        .get("model")
+        .and_then(|m| m.get("family"))
+        .and_then(|f| f.as_str())
+        .unwrap_or_default()
+        .to_string();
+    let (loss_drop, optim_drop): (&[&str], &[&str]) = match family.as_str() {
+        "diffusion" => (
+            &[
+                "adversarial",
+                "adversarial_kind",
+                "r1_gamma",
+                "r1_every",
+                "info_z",
+                "info_s",
+                "salient_class",
+                "recon_pixel",
+                "recon_features",
+                "swap",
+                "prior",
+                "salient_warmup_steps",
+            ],
+            &["lr_d", "lr_e"],
+        ),
+        "gan" => (&["denoise"], &["grad_clip", "grad_clip_groups"]),
+        _ => return,
+    };
+    if let Some(toml::Value::Table(loss)) = table.get_mut("loss") {
+        for k in loss_drop {
+            loss.remove(*k);
+        }
+    }
+    if let Some(toml::Value::Table(optim)) = table.get_mut("optim") {
+        for k in optim_drop {
+            optim.remove(*k);
+        }
+        if family == "diffusion"
+            && !optim.contains_key("lr")
+            && let Some(lr) = optim.remove("lr_g")
+        {
+            optim.insert("lr".into(), lr);
+        }
     }
 }
 
@@ -868,8 +646,11 @@ mod tests {
     #[test]
     fn salient_nce_and_decorrelation_keys_default_off_and_are_validated() {
         let c = RunConfig::from_toml(MINIMAL, "t.toml", &[]).unwrap();
-        assert_eq!(c.loss.salient_nce, 0.0);
-        assert_eq!(c.loss.salient_decorrelation, 0.0);
+        let LossConfig::Gan(l) = &c.loss else {
+            panic!("a gan config")
+        };
+        assert_eq!(l.ca.salient_nce, 0.0);
+        assert_eq!(l.ca.salient_decorrelation, 0.0);
         for (set, key) in [
             (
                 "loss.salient_nce_temperature=0",
@@ -922,10 +703,9 @@ mod tests {
 
     #[test]
     fn cosine_schedule_endpoints() {
-        let o = OptimConfig {
+        let o = LrSchedule {
             schedule: Schedule::Cosine,
             warmup_steps: 10,
-            ..Default::default()
         };
         assert!(
             (o.lr_factor(0, 110) - 0.1).abs() < 1e-12,
@@ -933,5 +713,117 @@ mod tests {
         );
         assert!((o.lr_factor(10, 110) - 1.0).abs() < 1e-12);
         assert!((o.lr_factor(110, 110) - 0.1).abs() < 1e-9);
+    }
+
+    const DIFFUSION: &str = "[model]\nfamily = \"diffusion\"\n";
+
+    /// `[loss]` and `[optim]` are the family's own: another family's key is refused by name,
+    /// with whose key it is; a typo gets the closest key of the family.
+    #[test]
+    fn loss_and_optim_keys_are_the_familys_own() {
+        for (base, set, named, whose) in [
+            (DIFFUSION, "loss.adversarial=1", "`loss.adversarial`", "gan"),
+            (DIFFUSION, "optim.lr_g=0.001", "`optim.lr_g`", "gan"),
+            (MINIMAL, "loss.denoise=1", "`loss.denoise`", "diffusion"),
+            (
+                MINIMAL,
+                "optim.grad_clip=1",
+                "`optim.grad_clip`",
+                "diffusion",
+            ),
+            (MINIMAL, "optim.lr=0.001", "`optim.lr`", "diffusion"),
+        ] {
+            let e = RunConfig::from_toml(base, "t.toml", &[set.into()])
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains(named) && e.contains(&format!("a key of the {whose} family")),
+                "{set}: {e}"
+            );
+        }
+        let e = RunConfig::from_toml(DIFFUSION, "t.toml", &["loss.denoize=1".into()])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("`loss.denoize`") && e.contains("did you mean `denoise`"),
+            "{e}"
+        );
+        let c = RunConfig::from_toml(
+            DIFFUSION,
+            "t.toml",
+            &["optim.lr=0.0005".into(), "loss.mmd=2".into()],
+        )
+        .unwrap();
+        let (LossConfig::Diffusion(l), OptimConfig::Diffusion(o)) = (&c.loss, &c.optim) else {
+            panic!("diffusion tables: {c:?}")
+        };
+        assert_eq!((o.lr, l.ca.mmd, l.denoise), (0.0005, 2.0, 1.0));
+        let e = RunConfig::from_toml(DIFFUSION, "t.toml", &["optim.lr=2".into()])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("optim.lr"), "{e}");
+        let back = RunConfig::from_toml(&c.to_toml(), "saved", &[]).unwrap();
+        assert_eq!(c, back);
+    }
+
+    /// A run directory's config.toml written before the tables were per-family (every key of
+    /// both families, the diffusion learning rate as `lr_g`) still loads, to the same values.
+    #[test]
+    fn saved_configs_of_the_old_form_still_load() {
+        let old = format!(
+            "{DIFFUSION}[loss]\nadversarial = 0.0\nrecon_pixel = 0.0\nsalient_warmup_steps = 0\ndenoise = 1.0\nmmd = 1.0\n[optim]\nlr_g = 0.0005\nlr_d = 0.0002\nlr_e = 0.0002\ngrad_clip = 1.0\n"
+        );
+        assert!(RunConfig::from_toml(&old, "t.toml", &[]).is_err());
+        let c = RunConfig::from_saved_toml(&old, "config.toml", &[]).unwrap();
+        let (LossConfig::Diffusion(l), OptimConfig::Diffusion(o)) = (&c.loss, &c.optim) else {
+            panic!("diffusion tables: {c:?}")
+        };
+        assert_eq!((o.lr, o.grad_clip, l.ca.mmd), (0.0005, 1.0, 1.0));
+        let gan = format!(
+            "{MINIMAL}[loss]\ndenoise = 1.0\nswap = 1.0\n[optim]\nlr_g = 0.001\ngrad_clip = 0.0\ngrad_clip_groups = false\n"
+        );
+        let c = RunConfig::from_saved_toml(&gan, "config.toml", &[]).unwrap();
+        let (LossConfig::Gan(l), OptimConfig::Gan(o)) = (&c.loss, &c.optim) else {
+            panic!("gan tables: {c:?}")
+        };
+        assert_eq!((o.lr_g, l.swap), (0.001, 1.0));
+        // A saved config of the current form is read unchanged.
+        assert_eq!(
+            RunConfig::from_saved_toml(&c.to_toml(), "c", &[]).unwrap(),
+            c
+        );
+    }
+
+    #[test]
+    fn sampling_step_counts_are_apply_keys() {
+        let c = RunConfig::from_toml(DIFFUSION, "t.toml", &[]).unwrap();
+        assert_eq!(
+            (
+                c.apply.diffusion_ddim_steps,
+                c.apply.diffusion_invert_steps,
+                c.apply.diffusion_prior_steps
+            ),
+            (50, 100, 50)
+        );
+        for key in [
+            "apply.diffusion_ddim_steps",
+            "apply.diffusion_invert_steps",
+            "apply.diffusion_prior_steps",
+        ] {
+            let e = RunConfig::from_toml(DIFFUSION, "t.toml", &[format!("{key}=0")])
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(key), "{e}");
+        }
+        assert!(
+            RunConfig::from_toml(
+                DIFFUSION,
+                "t.toml",
+                &["apply.diffusion_invert_steps=20".into()]
+            )
+            .unwrap()
+            .to_toml()
+            .contains("diffusion_invert_steps = 20")
+        );
     }
 }

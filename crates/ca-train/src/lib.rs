@@ -1,20 +1,25 @@
-//! Training loops, checkpoints, EMA, evaluation metrics and reports for contrastive analysis.
+//! Training of contrastive-analysis models: the loop, the optimiser, EMA, checkpoints, and the
+//! model families behind one registry.
 //!
-//! Builds on `ca-data` (datasets), `ca-models` (networks) and `ca-losses` (loss terms); used by
-//! `ca-cli` (the `ca` binary).
+//! * [`run`] — the training loop shared by every family, run directories, [`run::load_run`];
+//! * [`step`] — what the loop sees of a family ([`step::TrainStep`]) and the errors of a run;
+//! * [`family`] — the registry: `model.family` -> the family's config tables, training step and
+//!   inference model ([`family::gan`], [`family::diffusion`]);
+//! * [`ca_terms`] — the code-level contrastive-analysis terms every family trains with;
+//! * [`config`] — the run TOML; [`overrides`] — `--set`;
+//! * [`adam`], [`ema`], [`checkpoint`], [`malloc`].
+//!
+//! Builds on `ca-data` (datasets), `ca-models` (networks, the `CaModel` trait), `ca-losses`
+//! (loss terms) and `ca-eval` (the `[eval]` table); used by `ca-cli` (the `ca` binary).
 #![warn(missing_docs)]
 
 pub mod adam;
+pub mod ca_terms;
 pub mod checkpoint;
 pub mod config;
-pub mod diffusion;
 pub mod ema;
-pub mod eval;
-pub mod gan;
-pub mod images;
+pub mod family;
 pub mod malloc;
-pub mod metrics;
-pub mod model;
 pub mod overrides;
 pub mod run;
-pub mod salient_terms;
+pub mod step;

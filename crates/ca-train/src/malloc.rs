@@ -1,4 +1,4 @@
-//! glibc malloc settings for training processes (issue #8).
+//! glibc malloc settings for training processes.
 //!
 //! libtorch allocates every activation and gradient with `posix_memalign`. With glibc's defaults
 //! the heap top is returned to the kernel whenever more than the (dynamic) trim threshold is

@@ -25,61 +25,14 @@ use ca_data::{Dataset, LoaderOptions, TrainLoader};
 use ca_models::{CaCode, ImageGeometry};
 use tch::{Device, Kind, Tensor};
 
-use crate::checkpoint::{self, CheckpointError, CheckpointMeta, CheckpointPolicy};
-use crate::config::{ModelConfig, Precision, RunConfig};
-use crate::gan::{GanError, GanModel, GanNets, GanStep, StepStats};
-use crate::model::CaModel;
-use crate::{ema, images};
+use ca_data::grid as images;
+use ca_models::CaModel;
 
-/// Errors of a training run.
-#[derive(Debug, thiserror::Error)]
-pub enum TrainError {
-    /// Config problem.
-    #[error(transparent)]
-    Config(#[from] crate::config::ConfigError),
-    /// Data problem.
-    #[error(transparent)]
-    Data(#[from] ca_data::DataError),
-    /// GAN problem.
-    #[error(transparent)]
-    Gan(#[from] GanError),
-    /// Checkpoint problem.
-    #[error(transparent)]
-    Checkpoint(#[from] CheckpointError),
-    /// Image output problem.
-    #[error(transparent)]
-    Image(#[from] images::ImageWriteError),
-    /// Filesystem problem outside checkpoints.
-    #[error("{what} '{path}': {source}")]
-    Io {
-        /// What was being done.
-        what: &'static str,
-        /// The path.
-        path: PathBuf,
-        /// The cause.
-        source: std::io::Error,
-    },
-    /// The run directory cannot be used.
-    #[error("run directory '{0}': {1}")]
-    RunDir(PathBuf, String),
-    /// A loss became NaN or infinite.
-    #[error(
-        "loss term `{term}` became {value} by step {step}; the last good checkpoint is kept in '{run}'. Lower the learning rate (optim.lr_*) or the term's weight, then resume with --resume (or set train.nan_rollback = true)"
-    )]
-    NonFinite {
-        /// The term.
-        term: String,
-        /// Its value.
-        value: f64,
-        /// The step.
-        step: u64,
-        /// The run directory.
-        run: PathBuf,
-    },
-    /// Not supported yet.
-    #[error("{0}")]
-    Unsupported(String),
-}
+use crate::checkpoint::{self, CheckpointMeta, CheckpointPolicy};
+use crate::config::{Precision, RunConfig};
+use crate::ema;
+pub use crate::family::build_step;
+pub use crate::step::{StepStats, TrainError, TrainStep, mix};
 
 fn io<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> TrainError + 'a {
     move |source| TrainError::Io {
@@ -129,111 +82,12 @@ pub struct RunSummary {
     pub stopped_because: String,
 }
 
-/// One model family's training step, as the loop sees it. `GanStep` implements it; the
-/// diffusion family plugs in the same way.
-pub trait TrainStep {
-    /// One optimisation step on real images `x` (`[B, C, H, W]` in [-1, 1], background rows
-    /// first: `n_bg` of them). `step` is the 0-based step index.
-    fn train_step(&mut self, x: &Tensor, n_bg: i64, step: u64) -> Result<StepStats, TrainError>;
-    /// Scale the learning rates by `factor` (the schedule).
-    fn set_lr_factor(&mut self, factor: f64);
-    /// Move the EMA weights towards the live ones.
-    fn update_ema(&self, decay: f64);
-    /// Tensors for inference (`model.safetensors`).
-    fn model_tensors(&self) -> Vec<(String, Tensor)>;
-    /// Everything needed to resume (`state.safetensors`): networks and optimiser moments.
-    fn state_tensors(&self) -> Vec<(String, Tensor)>;
-    /// Restore from `state.safetensors` tensors.
-    fn load_state(
-        &mut self,
-        tensors: &HashMap<String, Tensor>,
-        file: &Path,
-    ) -> Result<(), CheckpointError>;
-    /// Images decoded from fixed codes by the EMA networks, for the sample grids.
-    fn samples(&self, codes: &CaCode) -> Tensor;
-    /// A parameter summary printed at the start of a run.
-    fn summary(&self) -> String;
-}
-
-impl TrainStep for GanStep {
-    fn train_step(&mut self, x: &Tensor, n_bg: i64, step: u64) -> Result<StepStats, TrainError> {
-        Ok(self.step(x, n_bg, step)?)
-    }
-    fn set_lr_factor(&mut self, factor: f64) {
-        GanStep::set_lr_factor(self, factor)
-    }
-    fn update_ema(&self, decay: f64) {
-        GanStep::update_ema(self, decay)
-    }
-    fn model_tensors(&self) -> Vec<(String, Tensor)> {
-        self.nets.model_tensors()
-    }
-    fn state_tensors(&self) -> Vec<(String, Tensor)> {
-        let mut v = self.nets.state_tensors();
-        v.extend(self.optimizer_tensors());
-        v
-    }
-    fn load_state(
-        &mut self,
-        tensors: &HashMap<String, Tensor>,
-        file: &Path,
-    ) -> Result<(), CheckpointError> {
-        self.nets.load_state(tensors, file)?;
-        self.load_optimizers(tensors, file)
-    }
-    fn samples(&self, codes: &CaCode) -> Tensor {
-        tch::no_grad(|| self.nets.g_ema.forward_t(codes, false))
-    }
-    fn summary(&self) -> String {
-        format!(
-            "generator:\n{}discriminator:\n{}",
-            ca_models::gan::summary(&self.nets.g_vs),
-            ca_models::gan::summary(&self.nets.d_vs)
-        )
-    }
-}
-
-/// Build the training step of the configured model family (weights drawn after seeding).
-pub fn build_step(
-    cfg: &RunConfig,
-    geom: ImageGeometry,
-    device: Device,
-) -> Result<Box<dyn TrainStep>, TrainError> {
-    tch::manual_seed(mix(cfg.train.seed) as i64);
-    match &cfg.model {
-        ModelConfig::Gan(g) => {
-            let nets = GanNets::build(
-                g,
-                geom,
-                (cfg.loss.z_adversary > 0.0, cfg.loss.salient_class > 0.0),
-                device,
-            )?;
-            let mut step = GanStep::new(nets, &cfg.loss, &cfg.optim);
-            step.autocast = cfg.train.precision.autocast_dtype();
-            Ok(Box::new(step))
-        }
-        ModelConfig::Diffusion(d) => {
-            let mut step = crate::diffusion::build_step(d, geom, &cfg.loss, &cfg.optim, device)?;
-            step.autocast = cfg.train.precision.autocast_dtype();
-            Ok(Box::new(step))
-        }
-    }
-}
-
 /// A stop request shared with signal handlers: the loop finishes its step, writes a checkpoint
 /// and returns.
 pub fn stop_flag() -> Arc<AtomicBool> {
     static FLAG: std::sync::OnceLock<Arc<AtomicBool>> = std::sync::OnceLock::new();
     FLAG.get_or_init(|| Arc::new(AtomicBool::new(false)))
         .clone()
-}
-
-/// SplitMix64: the per-step seed.
-pub fn mix(mut x: u64) -> u64 {
-    x = x.wrapping_add(0x9e3779b97f4a7c15);
-    x = (x ^ (x >> 30)).wrapping_mul(0xbf58476d1ce4e5b9);
-    x = (x ^ (x >> 27)).wrapping_mul(0x94d049bb133111eb);
-    x ^ (x >> 31)
 }
 
 /// Create the run directory, lock it ([`lock_run_dir`]) and write `config.toml`; refuses a
@@ -480,13 +334,7 @@ pub fn describe(cfg: &RunConfig) -> String {
         ca_data::DataConfig::Folder(_) => "folder",
         ca_data::DataConfig::Npy(_) => "npy",
     };
-    let net = match &cfg.model {
-        ModelConfig::Gan(g) => match g.generator {
-            ca_models::gan::GeneratorConfig::Dcgan(_) => "gan-dcgan",
-            ca_models::gan::GeneratorConfig::Style(_) => "gan-style",
-        },
-        ModelConfig::Diffusion(_) => "diffusion",
-    };
+    let net = cfg.model.short_name();
     format!("{data}-{net}-bs{}", cfg.train.batch_size)
 }
 
@@ -579,7 +427,6 @@ impl Logger {
         step: u64,
         images: u64,
         wall: f64,
-        lr: f64,
     ) -> Result<Vec<(String, f64)>, TrainError> {
         let mut names: Vec<&'static str> = self.sums.keys().copied().collect();
         names.sort();
@@ -617,7 +464,6 @@ impl Logger {
             .collect();
         writeln!(self.file, "{step},{images},{wall:.2},{}", row.join(","))
             .map_err(io("cannot write", Path::new("losses.csv")))?;
-        let _ = lr;
         self.history.push((step as f64, map));
         self.sums.clear();
         Ok(means)
@@ -683,7 +529,47 @@ pub fn train(
     }
     let ds: Arc<dyn Dataset> = Arc::from(cfg.data.open()?);
     let step_fn = build_step(cfg, geometry(ds.as_ref()), opts.device)?;
+    progress.message(&start_summary(cfg, opts, ds.as_ref(), step_fn.as_ref()));
     train_with(cfg, opts, ds, step_fn, progress)
+}
+
+/// What a run is about to do, in a few lines: model, data, length, where it goes (the whole
+/// config is in `RUN/config.toml`).
+pub fn start_summary(
+    cfg: &RunConfig,
+    opts: &RunOptions,
+    ds: &dyn Dataset,
+    step_fn: &dyn TrainStep,
+) -> String {
+    let t = &cfg.train;
+    let (dz, ds_dim) = cfg.model.dims();
+    let n_bg = ds.n_background();
+    let limit = if t.max_minutes > 0.0 {
+        format!(" or {} minutes", t.max_minutes)
+    } else {
+        String::new()
+    };
+    let verb = if opts.resume { "resuming" } else { "training" };
+    format!(
+        "{verb} {} (dz {dz}, ds {ds_dim}; {}) on {} data: {n_bg} background + {} target images, {}x{}x{}\n\
+         up to {} steps{limit}, batch {}, seed {}, {:?} on {:?}; a checkpoint every {} steps\n\
+         run directory {} (config: {})",
+        cfg.model.short_name(),
+        step_fn.summary(),
+        describe(cfg).split('-').next().unwrap_or("the"),
+        ds.len() - n_bg,
+        ds.channels(),
+        ds.size(),
+        ds.size(),
+        t.max_steps,
+        t.batch_size,
+        t.seed,
+        t.precision,
+        opts.device,
+        t.checkpoint_every,
+        opts.run_dir.display(),
+        opts.run_dir.join("config.toml").display(),
+    )
 }
 
 /// Whether this CPU has native bfloat16 arithmetic (AVX512-BF16, which AMX CPUs have too).
@@ -705,21 +591,24 @@ struct Rollback {
     count: u32,
 }
 
-/// [`train`] with the dataset and the training step given (tests plug in their own step).
-pub fn train_with(
+/// Where a run starts: step, wall clock and rollbacks so far (all 0 for a new run).
+struct Start {
+    step: u64,
+    wall_before: f64,
+    rb: Rollback,
+}
+
+/// Open the run directory for training: a new run is created and locked ([`prepare_run_dir`]);
+/// a resumed one is locked and its state restored from the latest checkpoint (the rows of
+/// `losses.csv` after it dropped). Free space for the kept checkpoints is checked first.
+fn open_run(
     cfg: &RunConfig,
     opts: &RunOptions,
-    ds: Arc<dyn Dataset>,
-    mut step_fn: Box<dyn TrainStep>,
+    step_fn: &mut dyn TrainStep,
+    policy: &CheckpointPolicy,
     progress: &mut dyn Progress,
-) -> Result<RunSummary, TrainError> {
-    let run_dir = opts.run_dir.clone();
-    let (dz, ds_dim) = cfg.model.dims();
-    let (kind, digest) = (cfg.model.family(), cfg.model_digest());
-    let policy = CheckpointPolicy {
-        every_steps: cfg.train.checkpoint_every,
-        keep_last: cfg.train.keep_last,
-    };
+) -> Result<(RunLock, Start), TrainError> {
+    let run_dir = &opts.run_dir;
     // The kept checkpoints plus the one being written, and 16 MiB for logs and grids.
     let one_ckpt = tensor_bytes(&step_fn.model_tensors()) + tensor_bytes(&step_fn.state_tensors());
     let need = one_ckpt * (policy.keep_last.max(1) as u64 + 1) + (16 << 20);
@@ -728,207 +617,306 @@ pub fn train_with(
         policy.keep_last.max(1) + 1,
         one_ckpt.div_ceil(1 << 20)
     );
-
-    let mut start_step = 0u64;
-    let mut wall_before = 0.0;
-    let mut rb = Rollback {
-        lr_scale: 1.0,
-        count: 0,
+    let mut start = Start {
+        step: 0,
+        wall_before: 0.0,
+        rb: Rollback {
+            lr_scale: 1.0,
+            count: 0,
+        },
     };
-    // Held until training returns: one trainer per run directory.
-    let _lock;
-    if opts.resume {
-        probe_writable(&run_dir)?;
-        _lock = lock_run_dir(&run_dir)?;
-        if let Some(free) = free_bytes(&run_dir) {
-            check_space(&run_dir, free, need, &what)?;
+    if !opts.resume {
+        if let Some(free) = free_bytes(run_dir) {
+            check_space(run_dir, free, need, &what)?;
         }
-        let (ck, meta) = checkpoint::open(&run_dir, kind, &digest)?;
-        let state = checkpoint::read_tensors(&ck, "state")?;
-        step_fn.load_state(&state, &ck.join("state.safetensors"))?;
-        start_step = meta.step;
-        wall_before = meta.wall_clock_s;
-        rb = Rollback {
+        return Ok((prepare_run_dir(run_dir, cfg)?, start));
+    }
+    probe_writable(run_dir)?;
+    let lock = lock_run_dir(run_dir)?;
+    if let Some(free) = free_bytes(run_dir) {
+        check_space(run_dir, free, need, &what)?;
+    }
+    let (ck, meta) = checkpoint::open(run_dir, cfg.model.family(), &cfg.model_digest())?;
+    let state = checkpoint::read_tensors(&ck, "state")?;
+    step_fn.load_state(&state, &ck.join("state.safetensors"))?;
+    start = Start {
+        step: meta.step,
+        wall_before: meta.wall_clock_s,
+        rb: Rollback {
             lr_scale: meta.lr_scale,
             count: meta.rollbacks,
-        };
-        let dropped = truncate_log(&run_dir.join("losses.csv"), meta.step)?;
-        let note = if dropped > 0 {
-            format!(" (dropped {dropped} losses.csv rows logged after it)")
-        } else {
-            String::new()
-        };
-        progress.message(&format!(
-            "resumed from {} at step {}{note}",
-            ck.display(),
-            meta.step
-        ));
+        },
+    };
+    let dropped = truncate_log(&run_dir.join("losses.csv"), meta.step)?;
+    let note = if dropped > 0 {
+        format!(" (dropped {dropped} losses.csv rows logged after it)")
     } else {
-        if let Some(free) = free_bytes(&run_dir) {
-            check_space(&run_dir, free, need, &what)?;
-        }
-        _lock = prepare_run_dir(&run_dir, cfg)?;
-        progress.message(&format!(
-            "run directory {}\n{}",
-            run_dir.display(),
-            step_fn.summary()
-        ));
+        String::new()
+    };
+    progress.message(&format!(
+        "resumed from {} at step {}{note}",
+        ck.display(),
+        meta.step
+    ));
+    Ok((lock, start))
+}
+
+/// The state of the training loop between steps.
+struct Loop<'a> {
+    cfg: &'a RunConfig,
+    run_dir: PathBuf,
+    ds: Arc<dyn Dataset>,
+    policy: CheckpointPolicy,
+    step_fn: Box<dyn TrainStep>,
+    loader: TrainLoader,
+    logger: Logger,
+    grid_codes: CaCode,
+    n_bg: i64,
+    decay: f64,
+    step: u64,
+    wall_before: f64,
+    rb: Rollback,
+    t0: Instant,
+}
+
+impl Loop<'_> {
+    fn loader_at(&self, start: u64) -> Result<TrainLoader, TrainError> {
+        make_loader(&self.ds, self.cfg.train.batch_size, start)
     }
 
-    let batch = cfg.train.batch_size;
-    let base_lopts = LoaderOptions::from_dataset(ds.as_ref(), batch);
-    let make_loader = |start: u64| -> Result<TrainLoader, TrainError> {
-        let lopts = LoaderOptions {
-            start_batch: start as usize,
-            ..base_lopts.clone()
-        };
-        Ok(TrainLoader::new(ds.clone(), lopts)?)
-    };
-    let n_t = ((batch as f64) * base_lopts.target_fraction).round() as i64;
-    let n_bg = batch as i64 - n_t;
-    let mut loader = make_loader(start_step)?;
-    let mut logger = Logger::open(&run_dir)?;
-    let decay = ema::decay_for_half_life(cfg.train.ema_half_life_images, batch);
-    let grid_codes = fixed_grid_codes(dz, ds_dim, cfg.train.seed, opts.device);
-    let stop = stop_flag();
-    let t0 = Instant::now();
-    let total = cfg.train.max_steps;
-    let mut step = start_step;
-    let mut reason = "reached train.max_steps".to_string();
-    let write_ckpt = |step_fn: &dyn TrainStep,
-                      step: u64,
-                      wall: f64,
-                      rb: Rollback|
-     -> Result<PathBuf, TrainError> {
+    fn wall(&self) -> f64 {
+        self.wall_before + self.t0.elapsed().as_secs_f64()
+    }
+
+    fn write_ckpt(&self, step: u64, wall: f64) -> Result<PathBuf, TrainError> {
         let meta = CheckpointMeta {
             step,
-            images_seen: step * batch as u64,
+            images_seen: step * self.cfg.train.batch_size as u64,
             wall_clock_s: wall,
-            model_kind: kind.into(),
-            model_digest: digest.clone(),
-            seed: cfg.train.seed,
+            model_kind: self.cfg.model.family().into(),
+            model_digest: self.cfg.model_digest(),
+            seed: self.cfg.train.seed,
             files: Default::default(),
-            lr_scale: rb.lr_scale,
-            rollbacks: rb.count,
+            lr_scale: self.rb.lr_scale,
+            rollbacks: self.rb.count,
         };
         Ok(checkpoint::write(
-            &run_dir,
+            &self.run_dir,
             &meta,
-            &step_fn.model_tensors(),
-            &step_fn.state_tensors(),
-            policy.keep_last,
+            &self.step_fn.model_tensors(),
+            &self.step_fn.state_tensors(),
+            self.policy.keep_last,
         )?)
-    };
-    if cfg.train.nan_rollback && !opts.resume {
-        // A rollback target before the first periodic checkpoint.
-        write_ckpt(step_fn.as_ref(), 0, 0.0, rb)?;
     }
-    while step < total {
+
+    /// Why the loop stops before the next step, if it does.
+    fn stop_reason(&self, stop: &AtomicBool) -> Option<String> {
+        let max_minutes = self.cfg.train.max_minutes;
         if stop.load(Ordering::SeqCst) {
-            reason = "stop requested (signal)".into();
-            break;
+            Some("stop requested (signal)".into())
+        } else if max_minutes > 0.0 && self.t0.elapsed().as_secs_f64() >= max_minutes * 60.0 {
+            Some(format!("reached train.max_minutes = {max_minutes}"))
+        } else {
+            None
         }
-        if cfg.train.max_minutes > 0.0 && t0.elapsed().as_secs_f64() >= cfg.train.max_minutes * 60.0
-        {
-            reason = format!("reached train.max_minutes = {}", cfg.train.max_minutes);
-            break;
-        }
-        let batch_data = loader.next().expect("the training loader is infinite")?;
-        let x = batch_data.images_f32(opts.device);
-        tch::manual_seed(mix(cfg.train.seed ^ mix(step + 1)) as i64);
-        step_fn.set_lr_factor(cfg.optim.lr_factor(step, total) * rb.lr_scale);
-        let stats = step_fn.train_step(&x, n_bg, step)?;
-        step_fn.update_ema(decay);
-        logger.add(stats);
-        step += 1;
-        let wall = wall_before + t0.elapsed().as_secs_f64();
-        let ckpt_due = step < total && checkpoint::is_due(step, false, &policy);
+    }
+
+    /// One optimisation step with its logging. Returns the logged means (every `log_every`
+    /// steps), whether a checkpoint is due, and the first non-finite term or weight, if any.
+    #[allow(clippy::type_complexity)]
+    fn one_step(
+        &mut self,
+        device: Device,
+    ) -> Result<(Option<Vec<(String, f64)>>, bool, Option<(String, f64)>), TrainError> {
+        let (cfg, total, batch) = (
+            self.cfg,
+            self.cfg.train.max_steps,
+            self.cfg.train.batch_size,
+        );
+        let batch_data = self
+            .loader
+            .next()
+            .expect("the training loader is infinite")?;
+        let x = batch_data.images_f32(device);
+        tch::manual_seed(mix(cfg.train.seed ^ mix(self.step + 1)) as i64);
+        let step = self.step;
+        self.step_fn
+            .set_lr_factor(cfg.optim.lr_factor(step, total) * self.rb.lr_scale);
+        let stats = self.step_fn.train_step(&x, self.n_bg, step)?;
+        self.step_fn.update_ema(self.decay);
+        self.logger.add(stats);
+        self.step += 1;
+        let step = self.step;
+        let ckpt_due = step < total && checkpoint::is_due(step, false, &self.policy);
         let mut logged = None;
         let mut fault = None;
         if step.is_multiple_of(cfg.train.log_every) || step == total {
-            let means = logger.flush(
-                step,
-                step * batch as u64,
-                wall,
-                cfg.optim.lr_factor(step, total),
-            )?;
+            let means = self.logger.flush(step, step * batch as u64, self.wall())?;
             fault = means.iter().find(|(_, v)| !v.is_finite()).cloned();
             logged = Some(means);
         } else if ckpt_due {
-            fault = logger.pending_non_finite();
+            fault = self.logger.pending_non_finite();
         }
         if fault.is_none() && (ckpt_due || step == total) {
             // Never checkpoint a diverged state: NaN weights or moments with finite losses.
-            fault = first_non_finite(&step_fn.state_tensors())
+            fault = first_non_finite(&self.step_fn.state_tensors())
                 .map(|name| (format!("weights `{name}`"), f64::NAN));
         }
-        if let Some((term, value)) = fault {
-            if !cfg.train.nan_rollback || rb.count >= cfg.train.max_rollbacks {
-                if cfg.train.nan_rollback {
-                    progress.message(&format!(
-                        "train.max_rollbacks = {} rollbacks used up",
-                        cfg.train.max_rollbacks
-                    ));
-                }
+        Ok((logged, ckpt_due, fault))
+    }
+
+    /// A non-finite `term`: stop (no rollback, or none left), or reload the last checkpoint
+    /// with lower learning rates and go on from its step.
+    fn roll_back(
+        &mut self,
+        term: String,
+        value: f64,
+        progress: &mut dyn Progress,
+    ) -> Result<(), TrainError> {
+        let t = &self.cfg.train;
+        if !t.nan_rollback || self.rb.count >= t.max_rollbacks {
+            if t.nan_rollback {
+                progress.message(&format!(
+                    "train.max_rollbacks = {} rollbacks used up",
+                    t.max_rollbacks
+                ));
+            }
+            return Err(TrainError::NonFinite {
+                term,
+                value,
+                step: self.step,
+                run: self.run_dir.clone(),
+            });
+        }
+        let (ck, meta) = checkpoint::open(
+            &self.run_dir,
+            self.cfg.model.family(),
+            &self.cfg.model_digest(),
+        )?;
+        let state = checkpoint::read_tensors(&ck, "state")?;
+        self.step_fn
+            .load_state(&state, &ck.join("state.safetensors"))?;
+        self.rb = Rollback {
+            lr_scale: self.rb.lr_scale * t.rollback_lr_factor,
+            count: self.rb.count + 1,
+        };
+        progress.message(&format!(
+            "loss term `{term}` became {value} by step {}: rolled back to the checkpoint at step {} with learning rates x{} (rollback {} of {})",
+            self.step, meta.step, self.rb.lr_scale, self.rb.count, t.max_rollbacks
+        ));
+        self.step = meta.step;
+        truncate_log(&self.run_dir.join("losses.csv"), self.step)?;
+        self.logger = Logger::open(&self.run_dir)?;
+        self.loader = self.loader_at(self.step)?;
+        Ok(())
+    }
+
+    /// The end of a run: the partial log window flushed, a final checkpoint, grid and plot.
+    fn finish(
+        mut self,
+        reason: String,
+        progress: &mut dyn Progress,
+    ) -> Result<RunSummary, TrainError> {
+        let step = self.step;
+        let wall = self.wall();
+        if !self.logger.sums.is_empty() {
+            let means = self
+                .logger
+                .flush(step, step * self.cfg.train.batch_size as u64, wall)?;
+            if let Some((term, value)) = means.iter().find(|(_, v)| !v.is_finite()) {
                 return Err(TrainError::NonFinite {
-                    term,
-                    value,
+                    term: term.clone(),
+                    value: *value,
                     step,
-                    run: run_dir.clone(),
+                    run: self.run_dir.clone(),
                 });
             }
-            let (ck, meta) = checkpoint::open(&run_dir, kind, &digest)?;
-            let state = checkpoint::read_tensors(&ck, "state")?;
-            step_fn.load_state(&state, &ck.join("state.safetensors"))?;
-            rb = Rollback {
-                lr_scale: rb.lr_scale * cfg.train.rollback_lr_factor,
-                count: rb.count + 1,
-            };
-            progress.message(&format!(
-                "loss term `{term}` became {value} by step {step}: rolled back to the checkpoint at step {} with learning rates x{} (rollback {} of {})",
-                meta.step, rb.lr_scale, rb.count, cfg.train.max_rollbacks
-            ));
-            step = meta.step;
-            drop(logger);
-            truncate_log(&run_dir.join("losses.csv"), step)?;
-            logger = Logger::open(&run_dir)?;
-            drop(loader);
-            loader = make_loader(step)?;
+        }
+        let p = self.write_ckpt(step, wall)?;
+        write_samples(self.step_fn.as_ref(), &self.grid_codes, &self.run_dir, step)?;
+        self.logger.plot(&self.run_dir.join("loss_curves.png"))?;
+        progress.message(&format!("final checkpoint {} ({reason})", p.display()));
+        Ok(RunSummary {
+            run_dir: self.run_dir,
+            steps: step,
+            wall_clock_s: wall,
+            stopped_because: reason,
+        })
+    }
+}
+
+/// The training loader from batch `start` on.
+fn make_loader(ds: &Arc<dyn Dataset>, batch: usize, start: u64) -> Result<TrainLoader, TrainError> {
+    let lopts = LoaderOptions {
+        start_batch: start as usize,
+        ..LoaderOptions::from_dataset(ds.as_ref(), batch)
+    };
+    Ok(TrainLoader::new(ds.clone(), lopts)?)
+}
+
+/// [`train`] with the dataset and the training step given (tests plug in their own step).
+pub fn train_with(
+    cfg: &RunConfig,
+    opts: &RunOptions,
+    ds: Arc<dyn Dataset>,
+    mut step_fn: Box<dyn TrainStep>,
+    progress: &mut dyn Progress,
+) -> Result<RunSummary, TrainError> {
+    let (dz, ds_dim) = cfg.model.dims();
+    let policy = CheckpointPolicy {
+        every_steps: cfg.train.checkpoint_every,
+        keep_last: cfg.train.keep_last,
+    };
+    // Held until training returns: one trainer per run directory.
+    let (_lock, start) = open_run(cfg, opts, step_fn.as_mut(), &policy, progress)?;
+    let batch = cfg.train.batch_size;
+    let target_fraction = LoaderOptions::from_dataset(ds.as_ref(), batch).target_fraction;
+    let n_t = ((batch as f64) * target_fraction).round() as i64;
+    let mut lp = Loop {
+        cfg,
+        run_dir: opts.run_dir.clone(),
+        loader: make_loader(&ds, batch, start.step)?,
+        ds,
+        policy,
+        step_fn,
+        logger: Logger::open(&opts.run_dir)?,
+        grid_codes: fixed_grid_codes(dz, ds_dim, cfg.train.seed, opts.device),
+        n_bg: batch as i64 - n_t,
+        decay: ema::decay_for_half_life(cfg.train.ema_half_life_images, batch),
+        step: start.step,
+        wall_before: start.wall_before,
+        rb: start.rb,
+        t0: Instant::now(),
+    };
+    let stop = stop_flag();
+    let total = cfg.train.max_steps;
+    let mut reason = "reached train.max_steps".to_string();
+    if cfg.train.nan_rollback && !opts.resume {
+        // A rollback target before the first periodic checkpoint.
+        lp.write_ckpt(0, 0.0)?;
+    }
+    while lp.step < total {
+        if let Some(why) = lp.stop_reason(&stop) {
+            reason = why;
+            break;
+        }
+        let (logged, ckpt_due, fault) = lp.one_step(opts.device)?;
+        if let Some((term, value)) = fault {
+            lp.roll_back(term, value, progress)?;
             continue;
         }
+        let step = lp.step;
         progress.on_step(step, total, logged.as_deref());
         if cfg.train.sample_every > 0 && step.is_multiple_of(cfg.train.sample_every) {
-            write_samples(step_fn.as_ref(), &grid_codes, &run_dir, step)?;
+            write_samples(lp.step_fn.as_ref(), &lp.grid_codes, &lp.run_dir, step)?;
         }
         if ckpt_due {
-            let p = write_ckpt(step_fn.as_ref(), step, wall, rb)?;
-            logger.plot(&run_dir.join("loss_curves.png"))?;
+            let p = lp.write_ckpt(step, lp.wall())?;
+            lp.logger.plot(&lp.run_dir.join("loss_curves.png"))?;
             progress.message(&format!("checkpoint {}", p.display()));
         }
     }
-    let wall = wall_before + t0.elapsed().as_secs_f64();
-    // A partial log window is flushed so the CSV covers the last step.
-    if !logger.sums.is_empty() {
-        let means = logger.flush(step, step * batch as u64, wall, 1.0)?;
-        if let Some((term, value)) = means.iter().find(|(_, v)| !v.is_finite()) {
-            return Err(TrainError::NonFinite {
-                term: term.clone(),
-                value: *value,
-                step,
-                run: run_dir.clone(),
-            });
-        }
-    }
-    let p = write_ckpt(step_fn.as_ref(), step, wall, rb)?;
-    write_samples(step_fn.as_ref(), &grid_codes, &run_dir, step)?;
-    logger.plot(&run_dir.join("loss_curves.png"))?;
-    progress.message(&format!("final checkpoint {} ({reason})", p.display()));
-    Ok(RunSummary {
-        run_dir,
-        steps: step,
-        wall_clock_s: wall,
-        stopped_because: reason,
-    })
+    lp.finish(reason, progress)
 }
 
 fn write_samples(
@@ -962,7 +950,9 @@ pub fn load_run(
 /// [`load_run`] with the run's `[apply]` settings overridden by `apply_sets`
 /// (`apply.KEY=VALUE`, parsed and validated as `ca train --set`): how `ca eval --set` and the
 /// inference verbs try another edit on a trained model without touching its `config.toml`. Any
-/// key outside `[apply]` is refused (the checkpoint fixes everything else).
+/// key outside `[apply]` is refused (the checkpoint fixes everything else). The sampling step
+/// counts are then overridden by the environment variables of
+/// [`ca_models::apply::STEP_OVERRIDES`] that are set.
 pub fn load_run_edited(
     run_dir: &Path,
     device: Device,
@@ -977,7 +967,15 @@ pub fn load_run_edited(
             "has no config.toml: is this a run directory written by `ca train`?".into(),
         ));
     }
-    let cfg = RunConfig::load(&cfg_path, apply_sets)?;
+    let mut cfg = RunConfig::load_saved(&cfg_path, apply_sets)?;
+    cfg.apply = cfg
+        .apply
+        .with_env_overrides(ca_models::apply::env_var)
+        .map_err(|msg| crate::config::ConfigError::Invalid {
+            origin: "environment".into(),
+            msg,
+        })?
+        .0;
     let (kind, digest) = (cfg.model.family(), cfg.model_digest());
     let (ck, meta) = match checkpoint {
         None => checkpoint::open(run_dir, kind, &digest)?,
@@ -990,21 +988,14 @@ pub fn load_run_edited(
         channels: common.channels as i64,
         size: common.size as i64,
     };
-    let model: Box<dyn CaModel> = match &cfg.model {
-        ModelConfig::Gan(g) => {
-            Box::new(GanModel::load(g, geom, &tensors, &file, device)?.with_edit(&cfg.apply))
-        }
-        ModelConfig::Diffusion(d) => Box::new(
-            crate::diffusion::DiffusionModel::load(d, geom, &tensors, &file, device)?
-                .with_edit(&cfg.apply),
-        ),
-    };
+    let model = crate::family::load_model(&cfg, geom, &tensors, &file, device)?;
     Ok((cfg, model, meta))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::checkpoint::CheckpointError;
 
     #[test]
     fn a_run_directory_takes_one_trainer_at_a_time() {

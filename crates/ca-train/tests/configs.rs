@@ -1,6 +1,6 @@
 //! Every preset in `configs/*.toml` parses, with no unknown key, passes
 //! [`RunConfig::validate`], and its `[model]` validates against the image geometry its `[data]`
-//! gives (issue #7).
+//! gives.
 //!
 //! Nothing here touches the disk beyond `configs/` and `datasets/manifest.toml`: a folder or
 //! `.npy` preset's `data.root` (e.g. `datasets/afhq`, written by `cargo xtask fetch-datasets`)

@@ -1,5 +1,5 @@
 //! `cargo xtask fetch-datasets [NAME...] [--root datasets] [--list] [--from-archive PATH]`:
-//! the real datasets of DESIGN.md §5, described in `datasets/manifest.toml`.
+//! the real datasets of docs/design.md section 5, described in `datasets/manifest.toml`.
 //!
 //! For each dataset: files are downloaded into `ROOT/.downloads/NAME/` (as `<file>.part`, resumed
 //! with HTTP Range, verified against the published checksum, renamed only when verified — a file

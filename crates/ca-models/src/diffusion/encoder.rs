@@ -3,7 +3,7 @@
 //! DiffAE's semantic encoder (Preechakul et al. 2022, arXiv 2111.15640) is the down half of the
 //! UNet ending in group norm, SiLU, global average pooling and a projection. Here the projection
 //! is two linear heads, one for the common factors `z` and one for the salient factors `s`
-//! (DESIGN.md section 4.2). The encoder does not apply the background convention itself: the
+//! (docs/design.md section 4.2). The encoder does not apply the background convention itself: the
 //! trainer conditions background images on [`CaCode::without_salient`] /
 //! [`CaCode::masked_by_group`] and pushes their predicted `s` to 0 with a loss.
 

@@ -1,5 +1,5 @@
 //! CA-diffusion: a diffusion autoencoder whose semantic code is split into common factors `z`
-//! and salient factors `s` (DESIGN.md section 4.2).
+//! and salient factors `s` (docs/design.md section 4.2).
 //!
 //! The pieces, one file per paper term:
 //!

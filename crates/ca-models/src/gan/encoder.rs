@@ -1,4 +1,4 @@
-//! An optional separate encoder `E(x) -> (z, s)` for the CA-GAN (DESIGN.md 4.1, "option of a
+//! An optional separate encoder `E(x) -> (z, s)` for the CA-GAN (docs/design.md 4.1, "option of a
 //! separate encoder network"): the discriminator's trunk and encoder branch (see
 //! [`super::discriminator`]) with only the `z` and `s` heads.
 //!

@@ -1,4 +1,4 @@
-//! CA-GAN networks (DESIGN.md section 4.1).
+//! CA-GAN networks (docs/design.md section 4.1).
 //!
 //! * [`config`] — [`GanModelConfig`], the `[model]` table of a GAN run, and its validation;
 //! * [`dcgan`] — the DCGAN generator of the Double InfoGAN baseline (Carton, Louiset, Gori,

@@ -1,4 +1,4 @@
-//! Preprocessing recipes: from the unpacked raw files to the folder layout of DESIGN.md §5,
+//! Preprocessing recipes: from the unpacked raw files to the folder layout of docs/design.md section 5,
 //! `OUT/background/*.png`, `OUT/target/*.png` (brain-MRI: `*.npy` slices, see `brats`) and
 //! `OUT/labels.csv` with the columns `split,file,<labels...>` (`split` is `background` or
 //! `target`, `file` is relative to that split's folder). Each recipe is named in the manifest's

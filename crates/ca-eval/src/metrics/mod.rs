@@ -1,4 +1,4 @@
-//! Evaluation metrics of contrastive analysis (DESIGN.md section 6), as pure functions over
+//! Evaluation metrics of contrastive analysis (docs/design.md section 6), as pure functions over
 //! `tch::Tensor`s.
 //!
 //! * [`probe`]: separation probes — k-fold cross-validated multinomial logistic regression

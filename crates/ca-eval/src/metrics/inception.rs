@@ -739,10 +739,10 @@ mod tests {
 
     #[test]
     fn weights_dir_prefers_the_env_var_then_home_cache() {
-        let d = weights_dir_from(Some("/w".into()), Some("/home/u".into()));
+        let d = weights_dir_from(Some("/w".into()), Some("/users/u".into()));
         assert_eq!(d, Some(PathBuf::from("/w")));
-        let d = weights_dir_from(Some("".into()), Some("/home/u".into()));
-        assert_eq!(d, Some(PathBuf::from("/home/u/.cache/ca/weights")));
+        let d = weights_dir_from(Some("".into()), Some("/users/u".into()));
+        assert_eq!(d, Some(PathBuf::from("/users/u/.cache/ca/weights")));
         assert_eq!(weights_dir_from(None, None), None);
     }
 }

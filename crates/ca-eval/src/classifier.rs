@@ -1,6 +1,6 @@
 //! The domain classifier of the evaluation: a small CNN trained to tell background from target
 //! images on the real evaluation images. It judges swaps and counterparts (swap success,
-//! DESIGN.md section 6) and its penultimate features give the domain distances `dfd`/`dkd`
+//! docs/design.md section 6) and its penultimate features give the domain distances `dfd`/`dkd`
 //! (used instead of Inception features, which need downloaded weights; never called FID).
 
 use rand::{RngExt, SeedableRng};
@@ -130,7 +130,7 @@ impl DomainClassifier {
     pub fn features(&self, x: &Tensor, batch: i64) -> Tensor {
         let _g = tch::no_grad_guard();
         let dev = self.head.ws.device();
-        crate::model::batched(x, batch.max(1), |b| {
+        ca_models::inference::batched(x, batch.max(1), |b| {
             self.features_t(&b.to_device(dev), false)
                 .to_device(Device::Cpu)
         })
@@ -140,7 +140,7 @@ impl DomainClassifier {
     pub fn predict_target(&self, x: &Tensor, batch: i64) -> Tensor {
         let _g = tch::no_grad_guard();
         let dev = self.head.ws.device();
-        crate::model::batched(x, batch.max(1), |b| {
+        ca_models::inference::batched(x, batch.max(1), |b| {
             self.logits_t(&b.to_device(dev), false)
                 .gt(0.0)
                 .to_device(Device::Cpu)

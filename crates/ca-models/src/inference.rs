@@ -1,13 +1,14 @@
 //! [`CaModel`]: what every trained CA model offers, whatever its family. `ca encode`,
 //! `generate`, `swap`, `counterfactual`, `traverse` and `eval` speak only this trait, so a
-//! diffusion run and a GAN run are used the same way.
+//! diffusion run and a GAN run are used the same way. The families implement it (in `ca-train`);
+//! evaluation (`ca-eval`) and the verbs use it.
 //!
 //! Images are float `[B, C, H, W]` in `[-1, 1]` on the model's device.
 
-use ca_models::{CaCode, ImageGeometry};
+use crate::{CaCode, ImageGeometry};
 use tch::{Device, Kind, Tensor};
 
-use crate::config::ApplyConfig;
+use crate::apply::ApplyConfig;
 
 /// A trained contrastive-analysis model, ready for inference (EMA weights, eval mode).
 pub trait CaModel {

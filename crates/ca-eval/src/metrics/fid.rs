@@ -14,7 +14,7 @@
 //!   subsets).
 //!
 //! Feature extraction is not here: callers pass `[N, D]` feature tensors. Results are only called
-//! FID/KID when the features are Inception-v3's (DESIGN.md section 6).
+//! FID/KID when the features are Inception-v3's (docs/design.md section 6).
 
 use rand::SeedableRng;
 use rand::seq::index::sample;

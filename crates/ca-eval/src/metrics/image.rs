@@ -13,7 +13,7 @@
 //!   window entirely inside the image) and over channels — the same number as scikit-image's
 //!   `structural_similarity(gaussian_weights=True, sigma=1.5, use_sample_covariance=False,
 //!   channel_axis=0)`.
-//! * The two trivial counterfactual baselines of DESIGN.md section 6 — the unchanged input and a
+//! * The two trivial counterfactual baselines of docs/design.md section 6 — the unchanged input and a
 //!   flat image of the input's per-channel median colour — and the counterfactual gain in dB
 //!   over the better of them.
 //! * Mean absolute error inside and outside the salient mask, pooled over the batch.

@@ -1,5 +1,5 @@
 //! The CA-diffusion training step and the trained CA-diffusion model used for inference
-//! (DESIGN.md section 4.2).
+//! (docs/design.md section 4.2).
 //!
 //! A diffusion autoencoder in the style of DiffAE (Preechakul, Chatthee, Wizadwongsa &
 //! Suwajanakorn 2022, arXiv 2111.15640) whose semantic code is split into common factors `z` and
@@ -22,11 +22,11 @@
 //!   (observed: 2e-5 after 600 steps with raw `z` of std 0.2) — and a linear
 //!   dataset classifier on `z` behind gradient reversal (`loss.z_adversary`, Ganin & Lempitsky
 //!   2015, arXiv 1409.7495); optionally (`loss.salient_nce`) **InfoNCE on the salient code**
-//!   of target rows, between each image and a shifted, mirrored copy ([`salient_terms::shift_mirror`]) encoded
+//!   of target rows, between each image and a shifted, mirrored copy ([`ca_terms::shift_mirror`]) encoded
 //!   again, the batch's other target rows as negatives (SepCLR's salient term); optionally
 //!   (`loss.salient_decorrelation`) the mean squared correlation between the detached `z` and
 //!   `s` of target rows, so `s` holds nothing linearly readable from `z`;
-//! * one Adam (`optim.lr_g`, `optim.beta1/2`) over UNet + encoder + the two small heads, with
+//! * one Adam (`optim.lr`, `optim.beta1/2`) over UNet + encoder + the two small heads, with
 //!   optional gradient-norm clipping (`optim.grad_clip`, DiffAE: 1; global, or per group of
 //!   parameters with `optim.grad_clip_groups`); EMA copies of the
 //!   UNet and the encoder (the inference networks), with a warm-up of the decay
@@ -39,12 +39,12 @@
 //!   written into the prior's `mean`/`std` before every prior update, so they are ready whenever
 //!   a checkpoint is written, and are saved with the resume state.
 //!
-//! **Sampling budgets** (not config keys; the model config is not this module's): sample grids
-//! use [`GRID_DDIM_STEPS`] deterministic DDIM steps from noise seeded by [`GRID_NOISE_SEED`];
-//! [`DiffusionModel::decode`] uses `CA_DDIM_STEPS` (env, default [`DEFAULT_DDIM_STEPS`]);
-//! [`DiffusionModel::edit`] (and `render`) inverts and re-decodes with `CA_INVERT_STEPS` (env, default
-//! [`DEFAULT_INVERT_STEPS`]); code sampling from the prior uses `CA_PRIOR_STEPS` (env, default
-//! [`DEFAULT_PRIOR_STEPS`]). Every count is capped at the schedule's `T`.
+//! **Sampling budgets**: sample grids use [`GRID_DDIM_STEPS`] deterministic DDIM steps from
+//! noise seeded by [`GRID_NOISE_SEED`]; the trained model ([`DiffusionModel`]) decodes with
+//! `apply.diffusion_ddim_steps`, inverts and re-decodes with `apply.diffusion_invert_steps` and
+//! samples codes from the prior with `apply.diffusion_prior_steps` (environment overrides:
+//! [`ca_models::apply::STEP_OVERRIDES`], applied by `run::load_run`). Every count is capped at
+//! the schedule's `T`.
 //!
 //! Rows of a batch come background first (`n_bg` of them, known on the host), so per-group
 //! terms need no host sync; loss values stay on the device until the trainer logs them.
@@ -52,36 +52,35 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use ca_losses::{diffusion as dloss, info, invariance};
+use ca_losses::{diffusion as dloss, info};
 use ca_models::blocks::native::{AutocastDtype, AutocastGuard};
 use ca_models::diffusion::{
-    self as dm, CodeGroup, CondUnet, DdimOptions, Denoiser, DiffusionError, DiffusionModelConfig,
-    Guided, GuidedCond, LatentPrior, NoiseSchedule, Prediction, SemanticEncoder, TorchNoise, ddim,
+    self as dm, CondUnet, DdimOptions, DiffusionError, DiffusionModelConfig, LatentPrior,
+    NoiseSchedule, Prediction, SemanticEncoder, TorchNoise, ddim,
 };
 use ca_models::{CaCode, ImageGeometry};
 use tch::nn::{self, Module, VarStore};
 use tch::{Device, Kind, Tensor};
 
 use crate::adam::{Adam, AdamConfig};
+use crate::ca_terms::{self, InvarianceScope, add, z_adversary_terms};
 use crate::checkpoint::{self, CheckpointError};
-use crate::config::{ApplyConfig, DiffusionEdit, InvarianceScope, LossConfig, OptimConfig};
 use crate::ema;
-use crate::gan::{MMD_BANDWIDTHS, StepStats, masked_mean, stats_in_fp32, z_adversary_terms};
-use crate::model::{CaModel, edit_mask, masked_edit};
-use crate::run::{TrainError, TrainStep};
-use crate::salient_terms::{self, salient_decorrelation};
+use crate::step::{
+    StepStats, TrainError, TrainStep, load_optimizer_state, optimizer_state, param_summary,
+    stats_in_fp32,
+};
+
+mod config;
+mod model;
+
+pub use config::{DiffusionLossConfig, DiffusionOptimConfig};
+pub use model::{DiffusionModel, RENOISE_SEED};
 
 /// DDIM steps of the training sample grids (DiffAE samples with 20).
 pub const GRID_DDIM_STEPS: usize = 20;
 /// Seed of the noise `x_T` of the sample grids (fixed, so grids are comparable across steps).
 pub const GRID_NOISE_SEED: u64 = 0x5EED_D1FF;
-/// Default DDIM steps of [`DiffusionModel::decode`] (override: env `CA_DDIM_STEPS`).
-pub const DEFAULT_DDIM_STEPS: usize = 50;
-/// Default DDIM steps of the inversion and re-decoding in [`DiffusionModel::edit`]
-/// (override: env `CA_INVERT_STEPS`; DiffAE inverts with about 250).
-pub const DEFAULT_INVERT_STEPS: usize = 100;
-/// Default DDIM steps when drawing codes from the latent prior (override: env `CA_PRIOR_STEPS`).
-pub const DEFAULT_PRIOR_STEPS: usize = 50;
 /// Momentum of the running code statistics that normalise the latent prior (half-life about
 /// 69 steps).
 pub const PRIOR_STATS_MOMENTUM: f64 = 0.99;
@@ -115,21 +114,10 @@ impl From<DiffusionTrainError> for TrainError {
     }
 }
 
-/// A step count from an environment variable (`default` when unset or not a positive integer),
-/// capped at `t_max`.
-fn steps_from_env(var: &str, default: usize, t_max: i64) -> usize {
-    let n = std::env::var(var)
-        .ok()
-        .and_then(|v| v.trim().parse::<usize>().ok())
-        .filter(|&n| n > 0)
-        .unwrap_or(default);
-    n.min(t_max.max(1) as usize)
-}
-
 /// Standard normal noise of `shape` drawn on the CPU from `seed` (identical on every device),
 /// moved to `device`. Reseeds libtorch's global generator.
 fn seeded_noise(shape: &[i64], seed: u64, device: Device) -> Tensor {
-    tch::manual_seed(crate::run::mix(seed) as i64);
+    tch::manual_seed(crate::step::mix(seed) as i64);
     Tensor::randn(shape, (Kind::Float, Device::Cpu)).to_device(device)
 }
 
@@ -301,7 +289,7 @@ pub struct StepNoise {
     /// Noise added to the normalised codes, `[B, dz + ds]`.
     pub noise_prior: Tensor,
     /// The `loss.salient_nce` view of each row: `[B, 3]` float, (shift x, shift y) in pixels
-    /// and a mirror sign (`1` or `-1`), as [`salient_terms::shift_mirror`] reads them.
+    /// and a mirror sign (`1` or `-1`), as [`ca_terms::shift_mirror`] reads them.
     pub aug: Tensor,
 }
 
@@ -313,7 +301,7 @@ pub struct DiffusionStep {
     pub opt: Adam,
     /// Adam of the latent prior.
     pub opt_prior: Adam,
-    loss: LossConfig,
+    loss: DiffusionLossConfig,
     base_lr: f64,
     grad_clip: f64,
     grad_clip_groups: bool,
@@ -327,9 +315,13 @@ pub struct DiffusionStep {
 
 impl DiffusionStep {
     /// Optimisers over the networks, from `[optim]`.
-    pub fn new(nets: DiffusionNets, loss: &LossConfig, optim: &OptimConfig) -> Self {
+    pub fn new(
+        nets: DiffusionNets,
+        loss: &DiffusionLossConfig,
+        optim: &DiffusionOptimConfig,
+    ) -> Self {
         let cfg = AdamConfig {
-            lr: optim.lr_g,
+            lr: optim.lr,
             beta1: optim.beta1,
             beta2: optim.beta2,
             eps: 1e-8,
@@ -346,7 +338,7 @@ impl DiffusionStep {
             opt,
             opt_prior,
             loss: loss.clone(),
-            base_lr: optim.lr_g,
+            base_lr: optim.lr,
             grad_clip: optim.grad_clip,
             grad_clip_groups: optim.grad_clip_groups,
             autocast: None,
@@ -373,8 +365,8 @@ impl DiffusionStep {
             noise: x.randn_like(),
             t_prior: self.nets.prior_schedule.random_timesteps(b, dev),
             noise_prior: Tensor::randn([b, self.nets.prior.dim()], (Kind::Float, dev)),
-            aug: if self.loss.salient_nce > 0.0 {
-                salient_terms::random_aug(b, self.loss.salient_nce_shift, dev)
+            aug: if self.loss.ca.salient_nce > 0.0 {
+                ca_terms::random_aug(b, self.loss.ca.salient_nce_shift, dev)
             } else {
                 Tensor::zeros([b, 3], (Kind::Float, dev))
             },
@@ -386,16 +378,7 @@ impl DiffusionStep {
     pub fn step_with(&mut self, x: &Tensor, n_bg: i64, step: u64, draws: &StepNoise) -> StepStats {
         let b = x.size()[0];
         let dev = x.device();
-        let n_t = b - n_bg;
-        let is_target = Tensor::cat(
-            &[
-                Tensor::zeros([n_bg], (Kind::Float, dev)),
-                Tensor::ones([n_t], (Kind::Float, dev)),
-            ],
-            0,
-        );
-        let is_bg = 1.0 - &is_target;
-        let l = self.loss.clone();
+        let is_target = crate::step::is_target(b, n_bg, dev);
         let mut stats: StepStats = Vec::new();
 
         // ---------------- autoencoder: E and the UNet, end to end ----------------
@@ -403,94 +386,10 @@ impl DiffusionStep {
         // Forward passes and losses in the autocast region (train.precision); backward and
         // the optimiser step in fp32 outside it. The latent prior (a small MLP) stays fp32.
         let region = self.autocast.and_then(|d| AutocastGuard::enter(dev, d));
-        let (raw, feats) = self.nets.enc.forward_with_features(x, true);
-        // The z the invariance terms see (loss.invariance_scope).
-        let z_inv = match l.invariance_scope {
-            InvarianceScope::Encoder => raw.z.shallow_clone(),
-            InvarianceScope::Head => self.nets.enc.z_from_features(&feats.detach()),
-        };
-        let cond = if l.salient_masking {
-            raw.masked_by_group(&is_target)
-        } else {
-            raw.shallow_clone()
-        };
-        let (t, noise) = (&draws.t, &draws.noise);
-        let x_t = self.nets.schedule.q_sample(x, t, noise);
-        let pred = self.nets.unet.forward_t(&x_t, t, &cond, true);
-        let denoise = match self.nets.cfg.prediction {
-            Prediction::Eps => dloss::eps_mse(&pred, noise),
-            Prediction::V => dloss::v_mse(&pred, &self.nets.schedule.v_target(x, t, noise)),
-        }
-        .mean(Kind::Float);
-        let mut loss = &denoise * l.denoise;
-        stats.push(("denoise", denoise.detach()));
-        if l.salient_zero > 0.0 && l.salient_masking {
-            let t = masked_mean(&info::salient_zero(&raw.s), &is_bg);
-            loss += &t * l.salient_zero;
-            stats.push(("salient_zero", t.detach()));
-        }
-        if l.class > 0.0 {
-            let logits = self.nets.class_head.forward(&raw.s).squeeze_dim(1);
-            let t = info::class_bce(&logits, &is_target).mean(Kind::Float);
-            loss += &t * l.class;
-            stats.push(("class", t.detach()));
-        }
-        if l.mmd > 0.0 && n_bg >= 2 && n_t >= 2 {
-            let t = invariance::mmd_rbf_scale_free(
-                &z_inv.narrow(0, 0, n_bg),
-                &z_inv.narrow(0, n_bg, n_t),
-                &MMD_BANDWIDTHS,
-            );
-            loss += &t * l.mmd;
-            stats.push(("mmd", t.detach()));
-        }
-        if l.z_adversary > 0.0
-            && let Some(head) = &self.nets.z_head
-        {
-            let (total, classifier) =
-                z_adversary_terms(head, &z_inv, &is_target, l.z_adversary_kind);
-            loss += total * l.z_adversary;
-            stats.push(("z_adversary", classifier));
-        }
-        if l.salient_nce > 0.0 && n_t >= 2 {
-            let view = salient_terms::shift_mirror(
-                &x.narrow(0, n_bg, n_t),
-                &draws.aug.narrow(0, n_bg, n_t),
-            );
-            let s_view = self.nets.enc.salient(&view, true);
-            let t = salient_terms::salient_nce(
-                &raw.s.narrow(0, n_bg, n_t),
-                &s_view,
-                l.salient_nce_temperature,
-            );
-            loss += &t * l.salient_nce;
-            stats.push(("salient_nce", t.detach()));
-        }
-        if l.salient_decorrelation > 0.0 && n_t >= 2 {
-            let t = salient_decorrelation(&raw.z, &raw.s, n_bg, n_t);
-            loss += &t * l.salient_decorrelation;
-            stats.push(("salient_decorrelation", t.detach()));
-        }
+        let loss = self.autoencoder_loss(x, n_bg, &is_target, draws, &mut stats);
         drop(region);
-
         loss.backward();
-        // Where the gradient is: a global clip scales every group by the largest one's share.
-        let groups = self.opt.grad_norms_by_prefix(&["unet.", "enc.", "heads."]);
-        for (name, n) in ["grad_norm_unet", "grad_norm_enc", "grad_norm_heads"]
-            .into_iter()
-            .zip(groups)
-        {
-            stats.push((name, n.to_device(dev)));
-        }
-        if self.grad_clip > 0.0 {
-            let norm = if self.grad_clip_groups {
-                self.opt
-                    .clip_grad_norm_by_groups(self.grad_clip, &CLIP_GROUPS)
-            } else {
-                self.opt.clip_grad_norm(self.grad_clip)
-            };
-            stats.push(("grad_norm", norm.to_device(dev)));
-        }
+        self.clip_gradients(dev, &mut stats);
         self.opt.step();
         stats.push(("loss", loss.detach()));
 
@@ -510,6 +409,96 @@ impl DiffusionStep {
         self.opt_prior.step();
         stats.push(("prior", prior_loss.detach()));
         stats_in_fp32(stats)
+    }
+
+    /// The autoencoder's loss: denoising through the UNet conditioned on the encoder's codes,
+    /// and the code-level terms of [`crate::ca_terms`] with the dataset head on `s`.
+    fn autoencoder_loss(
+        &self,
+        x: &Tensor,
+        n_bg: i64,
+        is_target: &Tensor,
+        draws: &StepNoise,
+        stats: &mut StepStats,
+    ) -> Tensor {
+        let n_t = x.size()[0] - n_bg;
+        let is_bg = 1.0 - is_target;
+        let l = &self.loss;
+        let (raw, feats) = self.nets.enc.forward_with_features(x, true);
+        // The z the invariance terms see (loss.invariance_scope).
+        let z_inv = match l.ca.invariance_scope {
+            InvarianceScope::Encoder => raw.z.shallow_clone(),
+            InvarianceScope::Head => self.nets.enc.z_from_features(&feats.detach()),
+        };
+        let cond = if l.ca.salient_masking {
+            raw.masked_by_group(is_target)
+        } else {
+            raw.shallow_clone()
+        };
+        let (t, noise) = (&draws.t, &draws.noise);
+        let x_t = self.nets.schedule.q_sample(x, t, noise);
+        let pred = self.nets.unet.forward_t(&x_t, t, &cond, true);
+        let denoise = match self.nets.cfg.prediction {
+            Prediction::Eps => dloss::eps_mse(&pred, noise),
+            Prediction::V => dloss::v_mse(&pred, &self.nets.schedule.v_target(x, t, noise)),
+        }
+        .mean(Kind::Float);
+        let mut loss = &denoise * l.denoise;
+        stats.push(("denoise", denoise.detach()));
+        if let Some(t) = ca_terms::salient_zero(&l.ca, &raw.s, &is_bg) {
+            add(&mut loss, stats, "salient_zero", &t, l.ca.salient_zero);
+        }
+        if l.ca.class > 0.0 {
+            let logits = self.nets.class_head.forward(&raw.s).squeeze_dim(1);
+            let t = info::class_bce(&logits, is_target).mean(Kind::Float);
+            add(&mut loss, stats, "class", &t, l.ca.class);
+        }
+        if let Some(t) = ca_terms::mmd(&l.ca, &z_inv, n_bg, n_t) {
+            add(&mut loss, stats, "mmd", &t, l.ca.mmd);
+        }
+        if l.ca.z_adversary > 0.0
+            && let Some(head) = &self.nets.z_head
+        {
+            let (total, classifier) =
+                z_adversary_terms(head, &z_inv, is_target, l.ca.z_adversary_kind);
+            loss += total * l.ca.z_adversary;
+            stats.push(("z_adversary", classifier));
+        }
+        let salient_of = |view: &Tensor| self.nets.enc.salient(view, true);
+        if let Some(t) = ca_terms::nce(&l.ca, x, &raw.s, n_bg, Some(&draws.aug), salient_of) {
+            add(&mut loss, stats, "salient_nce", &t, l.ca.salient_nce);
+        }
+        if let Some(t) = ca_terms::decorrelation(&l.ca, &raw.z, &raw.s, n_bg, n_t) {
+            add(
+                &mut loss,
+                stats,
+                "salient_decorrelation",
+                &t,
+                l.ca.salient_decorrelation,
+            );
+        }
+        loss
+    }
+
+    /// Log the gradient norm of each group (a global clip scales every group by the largest
+    /// one's share) and clip (`optim.grad_clip`, per group with `optim.grad_clip_groups`).
+    fn clip_gradients(&mut self, dev: Device, stats: &mut StepStats) {
+        let groups = self.opt.grad_norms_by_prefix(&["unet.", "enc.", "heads."]);
+        for (name, n) in ["grad_norm_unet", "grad_norm_enc", "grad_norm_heads"]
+            .into_iter()
+            .zip(groups)
+        {
+            stats.push((name, n.to_device(dev)));
+        }
+        if self.grad_clip > 0.0 {
+            let norm = if self.grad_clip_groups {
+                self.opt
+                    .clip_grad_norm_by_groups(self.grad_clip, &CLIP_GROUPS)
+            } else {
+                self.opt.clip_grad_norm(self.grad_clip)
+            };
+            stats.push(("grad_norm", norm.to_device(dev)));
+        }
     }
 
     /// Update the running code statistics with this batch and write them into the prior's
@@ -568,14 +557,7 @@ impl DiffusionStep {
 
     /// Optimiser states and running statistics for the checkpoint.
     pub fn extra_state_tensors(&self) -> Vec<(String, Tensor)> {
-        let mut v: Vec<(String, Tensor)> = Vec::new();
-        for (prefix, o) in [("opt.", &self.opt), ("opt_prior.", &self.opt_prior)] {
-            v.extend(
-                o.state()
-                    .into_iter()
-                    .map(|(n, t)| (format!("{prefix}{n}"), t)),
-            );
-        }
+        let mut v = optimizer_state([("opt.", &self.opt), ("opt_prior.", &self.opt_prior)]);
         v.push(("code_stats.mean".into(), self.stats_mean.shallow_clone()));
         v.push(("code_stats.sq".into(), self.stats_sq.shallow_clone()));
         v
@@ -587,20 +569,11 @@ impl DiffusionStep {
         t: &HashMap<String, Tensor>,
         file: &Path,
     ) -> Result<(), CheckpointError> {
-        let sub = |prefix: &str| -> HashMap<String, Tensor> {
-            t.iter()
-                .filter_map(|(k, v)| {
-                    k.strip_prefix(prefix)
-                        .map(|r| (r.to_string(), v.shallow_clone()))
-                })
-                .collect()
-        };
-        let err = |msg: String| CheckpointError::Meta {
-            path: file.to_path_buf(),
-            msg,
-        };
-        self.opt.load_state(&sub("opt.")).map_err(err)?;
-        self.opt_prior.load_state(&sub("opt_prior.")).map_err(err)?;
+        load_optimizer_state(
+            [("opt.", &mut self.opt), ("opt_prior.", &mut self.opt_prior)],
+            t,
+            file,
+        )?;
         let _g = tch::no_grad_guard();
         for (name, dst) in [
             ("code_stats.mean", &mut self.stats_mean),
@@ -686,274 +659,41 @@ impl TrainStep for DiffusionStep {
         self.grid_samples(codes)
     }
     fn summary(&self) -> String {
-        let count = |vs: &VarStore| -> i64 {
-            vs.trainable_variables()
-                .iter()
-                .map(|t| t.size().iter().product::<i64>())
-                .sum()
-        };
         format!(
-            "diffusion UNet: {} parameters\nsemantic encoder: {} parameters\nlatent prior: {} parameters\nprediction: {:?}, T = {}\n",
-            count(&self.nets.unet_vs),
-            count(&self.nets.enc_vs),
-            count(&self.nets.prior_vs),
+            "{}; {:?}-prediction, T = {}",
+            param_summary(&[
+                ("UNet", &self.nets.unet_vs),
+                ("encoder", &self.nets.enc_vs),
+                ("latent prior", &self.nets.prior_vs),
+            ]),
             self.nets.cfg.prediction,
             self.nets.schedule.timesteps()
         )
     }
 }
 
-/// Build the diffusion training step of a run (used by `run::build_step`).
+/// The diffusion training step of a run: networks drawn from libtorch's generator (seeded by
+/// the caller), optimisers, forward passes in `autocast`'s type (`None`: fp32).
 pub fn build_step(
     cfg: &DiffusionModelConfig,
+    loss: &DiffusionLossConfig,
+    optim: &DiffusionOptimConfig,
     geom: ImageGeometry,
-    loss: &LossConfig,
-    optim: &OptimConfig,
+    autocast: Option<AutocastDtype>,
     device: Device,
 ) -> Result<DiffusionStep, DiffusionTrainError> {
-    let nets = DiffusionNets::build(cfg, geom, loss.z_adversary > 0.0, device)?;
-    Ok(DiffusionStep::new(nets, loss, optim))
-}
-
-/// A trained CA-diffusion model for inference: EMA UNet, EMA encoder, latent prior.
-pub struct DiffusionModel {
-    unet_vs: VarStore,
-    unet: CondUnet,
-    #[allow(dead_code)]
-    enc_vs: VarStore,
-    enc: SemanticEncoder,
-    #[allow(dead_code)]
-    prior_vs: VarStore,
-    prior: LatentPrior,
-    schedule: NoiseSchedule,
-    prior_schedule: NoiseSchedule,
-    dz: i64,
-    ds: i64,
-    geom: ImageGeometry,
-    /// How real images are edited (`[apply]`: `diffusion_edit`, `diffusion_renoise` and the
-    /// masked edit's settings).
-    apply: ApplyConfig,
-}
-
-/// Seed of the fresh noise that `apply.diffusion_renoise` mixes into an inverted `x_T`.
-pub const RENOISE_SEED: u64 = 0x02E4_015E;
-
-impl DiffusionModel {
-    /// Build the inference networks and fill them from `model.safetensors` tensors.
-    pub fn load(
-        cfg: &DiffusionModelConfig,
-        geom: ImageGeometry,
-        tensors: &HashMap<String, Tensor>,
-        file: &Path,
-        device: Device,
-    ) -> Result<Self, DiffusionTrainError> {
-        let unet_vs = VarStore::new(device);
-        let unet = dm::build_unet(&unet_vs.root(), cfg, geom)?;
-        checkpoint::load_var_store(&unet_vs, tensors, "unet.", file)?;
-        let enc_vs = VarStore::new(device);
-        let enc = dm::build_encoder(&enc_vs.root(), cfg, geom)?;
-        checkpoint::load_var_store(&enc_vs, tensors, "enc.", file)?;
-        let prior_vs = VarStore::new(device);
-        let prior = dm::build_latent_prior(&prior_vs.root(), cfg)?;
-        checkpoint::load_var_store(&prior_vs, tensors, "prior.", file)?;
-        Ok(DiffusionModel {
-            unet_vs,
-            unet,
-            enc_vs,
-            enc,
-            prior_vs,
-            prior,
-            schedule: NoiseSchedule::new(&cfg.schedule, device)?,
-            prior_schedule: NoiseSchedule::new(&cfg.latent_prior.schedule, device)?,
-            dz: cfg.dz,
-            ds: cfg.ds,
-            geom,
-            apply: ApplyConfig::default(),
-        })
-    }
-
-    /// The same model editing real images the given way (`[apply]`).
-    pub fn with_edit(mut self, apply: &ApplyConfig) -> Self {
-        self.apply = *apply;
-        self
-    }
-
-    /// DDIM inversion of images `x` under their codes `own`: the `x_T` that
-    /// [`DiffusionModel::decode_from`] maps back to `x` (env `CA_INVERT_STEPS` steps).
-    pub fn invert(&self, x: &Tensor, own: &CaCode) -> Tensor {
-        let steps = self.invert_steps();
-        ddim::invert(&self.unet, &self.schedule, x, own, steps).expect("steps are capped at T")
-    }
-
-    fn invert_steps(&self) -> usize {
-        steps_from_env(
-            "CA_INVERT_STEPS",
-            DEFAULT_INVERT_STEPS,
-            self.schedule.timesteps(),
-        )
-    }
-
-    /// `x_T` mixed with the fixed-seed noise by `apply.diffusion_renoise` (unchanged at 0).
-    fn renoised(&self, x_t: Tensor) -> Tensor {
-        let r = self.apply.diffusion_renoise;
-        if r > 0.0 {
-            let eps = seeded_noise(&x_t.size(), RENOISE_SEED, x_t.device());
-            x_t * (1.0 - r).sqrt() + eps * r.sqrt()
-        } else {
-            x_t
-        }
-    }
-
-    /// `apply.diffusion_edit = "inpaint"`: the masked edit's mask (decodings of the inverted
-    /// `x_T` under `new` and `own`), then DDIM decoding under `new` (guided) from the renoised
-    /// `x_T` with everything outside the mask held to the inversion path of `x`.
-    fn inpaint(&self, x: &Tensor, own: &CaCode, new: &CaCode) -> Tensor {
-        let steps = self.invert_steps();
-        let path = ddim::invert_path(&self.unet, &self.schedule, x, own, steps)
-            .expect("steps are capped at T");
-        let x_t = path.last().expect("at least one step");
-        let mask = edit_mask(
-            &self.decode_edit(x_t, new, own),
-            &self.decode_from(x_t, own),
-            self.apply.mask_scale,
-            self.apply.mask_dilate,
-        );
-        ddim::sample_inpaint(
-            &self.guided(),
-            &self.schedule,
-            &GuidedCond {
-                toward: new,
-                away: own,
-            },
-            &self.renoised(x_t.shallow_clone()),
-            &path,
-            x,
-            &mask,
-            &DdimOptions::deterministic(steps),
-            &mut TorchNoise,
-        )
-        .expect("the path has the steps' length")
-        .clamp(-1.0, 1.0)
-    }
-
-    /// The UNet guided by `apply.diffusion_guidance`.
-    fn guided(&self) -> Guided<'_, CondUnet> {
-        Guided {
-            denoiser: &self.unet,
-            weight: self.apply.diffusion_guidance,
-        }
-    }
-
-    /// [`DiffusionModel::decode_from`] under the new codes `new` of an edit, guided away from
-    /// the image's own codes `own` by `apply.diffusion_guidance`.
-    pub fn decode_edit(&self, x_t: &Tensor, new: &CaCode, own: &CaCode) -> Tensor {
-        let cond = GuidedCond {
-            toward: new,
-            away: own,
-        };
-        self.decode_with(&self.guided(), &cond, x_t)
-    }
-
-    /// Deterministic DDIM decoding of `code` from a given `x_T` (env `CA_INVERT_STEPS` steps, the
-    /// inversion's), output clamped to `[-1, 1]`.
-    pub fn decode_from(&self, x_t: &Tensor, code: &CaCode) -> Tensor {
-        self.decode_with(&self.unet, code, x_t)
-    }
-
-    /// The deterministic decoding both of the above run: the inversion's steps, clamped.
-    fn decode_with<C: ?Sized, D: Denoiser<C>>(
-        &self,
-        denoiser: &D,
-        cond: &C,
-        x_t: &Tensor,
-    ) -> Tensor {
-        ddim::sample(
-            denoiser,
-            &self.schedule,
-            cond,
-            x_t,
-            &DdimOptions::deterministic(self.invert_steps()),
-            &mut TorchNoise,
-        )
-        .expect("steps are capped at T")
-        .clamp(-1.0, 1.0)
-    }
-}
-
-impl CaModel for DiffusionModel {
-    fn family(&self) -> &'static str {
-        "diffusion"
-    }
-    fn geometry(&self) -> ImageGeometry {
-        self.geom
-    }
-    fn device(&self) -> Device {
-        self.unet_vs.device()
-    }
-    fn dz(&self) -> i64 {
-        self.dz
-    }
-    fn ds(&self) -> i64 {
-        self.ds
-    }
-    fn encode(&self, x: &Tensor) -> CaCode {
-        let _g = tch::no_grad_guard();
-        self.enc.forward_t(x, false)
-    }
-    fn decode(&self, code: &CaCode, seed: u64) -> Tensor {
-        let steps = steps_from_env(
-            "CA_DDIM_STEPS",
-            DEFAULT_DDIM_STEPS,
-            self.schedule.timesteps(),
-        );
-        let code = code.to_device(self.device()).to_float();
-        ddim_decode(&self.unet, &self.schedule, &code, seed, steps).expect("steps are capped at T")
-    }
-    fn edit(&self, x: &Tensor, own: &CaCode, new: &CaCode) -> Tensor {
-        let _g = tch::no_grad_guard();
-        match self.apply.diffusion_edit {
-            DiffusionEdit::Invert => {
-                self.decode_edit(&self.renoised(self.invert(x, own)), new, own)
-            }
-            DiffusionEdit::Masked => {
-                let x_t = self.renoised(self.invert(x, own));
-                let new_img = self.decode_edit(&x_t, new, own);
-                masked_edit(x, &new_img, &self.decode_from(&x_t, own), &self.apply)
-            }
-            DiffusionEdit::Inpaint => self.inpaint(x, own, new),
-        }
-    }
-    fn render(&self, x: &Tensor, code: &CaCode) -> Tensor {
-        let _g = tch::no_grad_guard();
-        self.decode_from(&self.invert(x, code), code)
-    }
-    fn sample_codes(&self, n: i64, target: bool, seed: u64) -> CaCode {
-        let steps = steps_from_env(
-            "CA_PRIOR_STEPS",
-            DEFAULT_PRIOR_STEPS,
-            self.prior_schedule.timesteps(),
-        );
-        tch::manual_seed(crate::run::mix(seed ^ 0xC0DE) as i64);
-        let group = if target {
-            CodeGroup::Target
-        } else {
-            CodeGroup::Background
-        };
-        self.prior
-            .sample(
-                &self.prior_schedule,
-                n,
-                group,
-                &DdimOptions::deterministic(steps),
-                &mut TorchNoise,
-            )
-            .expect("steps are capped at T")
-    }
+    let nets = DiffusionNets::build(cfg, geom, loss.ca.z_adversary > 0.0, device)?;
+    let mut step = DiffusionStep::new(nets, loss, optim);
+    step.autocast = autocast;
+    Ok(step)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ca_terms::CodeTerms;
+    use ca_models::CaModel;
+    use ca_models::apply::{ApplyConfig, DiffusionEdit};
     use ca_models::diffusion::{EncoderConfig, LatentPriorConfig, ScheduleConfig};
 
     fn tiny_cfg() -> DiffusionModelConfig {
@@ -1001,15 +741,28 @@ mod tests {
         size: 8,
     };
 
-    fn loss_cfg() -> LossConfig {
-        LossConfig {
-            mmd: 1.0,
-            z_adversary: 0.5,
-            salient_nce: 0.5,
-            salient_nce_shift: 2,
-            salient_decorrelation: 0.5,
+    fn loss_cfg() -> DiffusionLossConfig {
+        DiffusionLossConfig {
+            ca: CodeTerms {
+                mmd: 1.0,
+                z_adversary: 0.5,
+                salient_nce: 0.5,
+                salient_nce_shift: 2,
+                salient_decorrelation: 0.5,
+                ..Default::default()
+            },
             ..Default::default()
         }
+    }
+
+    fn build_step(
+        cfg: &DiffusionModelConfig,
+        geom: ImageGeometry,
+        loss: &DiffusionLossConfig,
+        optim: &DiffusionOptimConfig,
+        device: Device,
+    ) -> Result<DiffusionStep, DiffusionTrainError> {
+        super::build_step(cfg, loss, optim, geom, None, device)
     }
 
     fn new_step(seed: i64) -> DiffusionStep {
@@ -1017,8 +770,8 @@ mod tests {
         // oversubscribe the cores and make these tiny nets 10-50x slower.
         tch::set_num_threads(1);
         tch::manual_seed(seed);
-        let optim = OptimConfig {
-            lr_g: 1e-3,
+        let optim = DiffusionOptimConfig {
+            lr: 1e-3,
             grad_clip: 1.0,
             ..Default::default()
         };
@@ -1076,18 +829,18 @@ mod tests {
             let mut st = new_step(7);
             // The loss set the bound was measured with: with salient_nce = 0.5 on these 3 target
             // rows the two runs part ways (the term ended at 0.83 in fp32, 0.004 in bf16).
-            st.loss.salient_nce = 0.0;
-            st.loss.salient_decorrelation = 0.0;
+            st.loss.ca.salient_nce = 0.0;
+            st.loss.ca.salient_decorrelation = 0.0;
             st.nets.load_state(&init, Path::new("init")).unwrap();
             st.autocast = precision;
             let x = batch();
-            crate::gan::test_support::record_curves(100, |k| {
+            crate::family::gan::test_support::record_curves(100, |k| {
                 st.step_with(&x, 3, k, &draws(k as i64 % 5))
             })
         };
         let full = run(None);
         let half = run(Some(AutocastDtype::BFloat16));
-        let tail = |v: &[f64]| crate::gan::test_support::tail_mean(v, 20);
+        let tail = |v: &[f64]| crate::family::gan::test_support::tail_mean(v, 20);
         for term in ["denoise", "loss"] {
             let (a, b) = (tail(&full[term]), tail(&half[term]));
             eprintln!("{term}: fp32 {a:.5}, bf16 {b:.5} (steps 80-99)");
@@ -1107,8 +860,8 @@ mod tests {
     fn group_clipping_bounds_each_group() {
         tch::set_num_threads(1);
         tch::manual_seed(5);
-        let optim = OptimConfig {
-            lr_g: 1e-3,
+        let optim = DiffusionOptimConfig {
+            lr: 1e-3,
             grad_clip: 0.01,
             grad_clip_groups: true,
             ..Default::default()
@@ -1137,15 +890,19 @@ mod tests {
     fn salient_nce_off_is_not_computed() {
         tch::set_num_threads(1);
         tch::manual_seed(2);
-        let loss = LossConfig {
-            salient_nce: 0.0,
-            ..loss_cfg()
+        let base = loss_cfg();
+        let loss = DiffusionLossConfig {
+            ca: CodeTerms {
+                salient_nce: 0.0,
+                ..base.ca.clone()
+            },
+            ..base
         };
         let mut st = build_step(
             &tiny_cfg(),
             GEOM,
             &loss,
-            &OptimConfig::default(),
+            &DiffusionOptimConfig::default(),
             Device::Cpu,
         )
         .unwrap();
@@ -1337,7 +1094,7 @@ mod tests {
             0.0,
             "same codes: x"
         );
-        let want = crate::model::masked_edit(&x, &d_new, &d_own, &apply);
+        let want = ca_models::inference::masked_edit(&x, &d_new, &d_own, &apply);
         assert_eq!(max_diff(&masked.edit(&x, &own, &new), &want), 0.0);
         assert!(max_diff(&want, &x) > 1e-4 && max_diff(&want, &d_new) > 1e-4);
         assert_eq!(max_diff(&masked.render(&x, &own), &d_own), 0.0, "render");
@@ -1378,7 +1135,7 @@ mod tests {
         let got = inpaint.edit(&x, &own, &new);
         let steps = plain.invert_steps();
         let path = ddim::invert_path(&plain.unet, &plain.schedule, &x, &own, steps).unwrap();
-        let mask = crate::model::edit_mask(&d_new, &d_own, 0.05, 0);
+        let mask = ca_models::inference::edit_mask(&d_new, &d_own, 0.05, 0);
         let want = ddim::sample_inpaint(
             &plain.unet,
             &plain.schedule,

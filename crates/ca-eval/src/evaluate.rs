@@ -1,4 +1,4 @@
-//! `ca eval`: the evaluation of a trained CA model on a held-out split (DESIGN.md section 6).
+//! `ca eval`: the evaluation of a trained CA model on a held-out split (docs/design.md section 6).
 //!
 //! [`evaluate`] takes any [`CaModel`] and an [`EvalSet`] and computes
 //!
@@ -21,10 +21,6 @@
 //! Everything is deterministic for a given seed on the CPU; the model runs in batches without
 //! gradients.
 
-pub mod classifier;
-pub mod report;
-pub mod schema;
-
 use std::collections::BTreeMap;
 use std::time::Instant;
 
@@ -35,15 +31,15 @@ use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
 use tch::{Device, Kind, Tensor};
 
-pub use classifier::{ClassifierOptions, DomainClassifier};
-pub use schema::{
+pub use crate::classifier::{ClassifierOptions, DomainClassifier};
+pub use crate::schema::{
     EvalInfo, GroundTruth, Metrics, Probe, ProbeEntry, ProbeMatrix, Quality, Reconstruction,
     Separation, SeparationReport,
 };
 
 use crate::config::EvalConfig;
 use crate::metrics::{self, MetricsError};
-use crate::model::{self, CaModel};
+use ca_models::inference::{self as model, CaModel};
 
 /// Errors of the evaluation.
 #[derive(Debug, thiserror::Error)]
@@ -56,7 +52,7 @@ pub enum EvalError {
     Invalid(String),
     /// Writing a grid image failed.
     #[error(transparent)]
-    Image(#[from] crate::images::ImageWriteError),
+    Image(#[from] ca_data::grid::ImageWriteError),
     /// A file could not be read or written.
     #[error("{what} '{path}': {source}")]
     Io {
@@ -137,7 +133,9 @@ pub struct RunInfo {
     pub split: String,
     /// The `[apply]` settings the model was loaded with (recorded in `metrics.json`; `None` when
     /// the caller does not know them).
-    pub apply: Option<crate::config::ApplyConfig>,
+    pub apply: Option<ca_models::apply::ApplyConfig>,
+    /// The environment overrides of `apply`'s step counts in force (`CA_INVERT_STEPS=50`).
+    pub env_overrides: Vec<String>,
 }
 
 /// One image grid of the report.
@@ -559,6 +557,7 @@ fn eval_info(rows: &Rows, info: &RunInfo, opts: &EvalOptions, t0: Instant) -> Ev
         seed: opts.seed,
         seconds: t0.elapsed().as_secs_f64(),
         apply: info.apply,
+        env_overrides: info.env_overrides.clone(),
     }
 }
 
@@ -571,7 +570,6 @@ pub fn evaluate(
     opts: &EvalOptions,
 ) -> Result<Evaluation> {
     let t0 = Instant::now();
-    let n = set.len();
     check_inputs(m, set, opts)?;
     let bs = opts.batch_size.max(1);
     // Loaded first, so that broken weights fail before the long part.
@@ -582,7 +580,6 @@ pub fn evaluate(
     let group: Vec<i64> = Vec::<i64>::try_from(&set.group).map_err(MetricsError::from)?;
     let rows = Rows::of(&group);
     let (bg_rows, tg_rows) = (&rows.background, &rows.target);
-    let (nb, nt) = (bg_rows.len() as i64, tg_rows.len() as i64);
     let _guard = tch::no_grad_guard();
 
     let x = ca_data::loader::u8_to_unit(&set.images);
@@ -617,81 +614,18 @@ pub fn evaluate(
     copts.seed ^= opts.seed;
     let classifier = tch::with_grad(|| DomainClassifier::train(&x, &set.group, m.device(), copts));
 
-    // Ground truth.
-    let ground_truth = match (&set.counterpart, &set.mask) {
-        (Some(cp), Some(mask)) if nt >= 2 => {
-            let true_cf = ca_data::loader::u8_to_unit(&cp.index_select(0, &tg_t));
-            let mask_t = mask.index_select(0, &tg_t).to_kind(Kind::Float);
-            let (ux, ucf, utrue) = (
-                metrics::unit_range(&x_t),
-                metrics::unit_range(&cf_t),
-                metrics::unit_range(&true_cf),
-            );
-            let counterfactual = metrics::counterfactual_metrics(&ux, &ucf, &utrue, &mask_t)?;
-            let scores = metrics::saliency_map(&ux, &ucf)?;
-            let truth = mask_t.squeeze_dim(1).gt(0.5);
-            let sal = metrics::saliency_iou(&scores, &truth, nt / 2)?;
-            let k = nb.min(nt);
-            let swaps = swap_images(m, &x_bg, &code_bg, &code_t, k, bs);
-            let swap_target_rate = classifier.target_rate(&swaps, bs);
-            let counterpart_background_rate = 1.0 - classifier.target_rate(&cf_t, bs);
-            let swap_success = if swap_target_rate.is_nan() {
-                counterpart_background_rate
-            } else {
-                0.5 * (swap_target_rate + counterpart_background_rate)
-            };
-            let probe_matrix = probe_matrix(set, &codes, &rows, &prober)?;
-            Some(GroundTruth {
-                counterfactual,
-                saliency_iou: sal.iou,
-                saliency_threshold: sal.threshold,
-                swap_success,
-                swap_target_rate: if swap_target_rate.is_nan() {
-                    0.0
-                } else {
-                    swap_target_rate
-                },
-                counterpart_background_rate,
-                probe_matrix,
-            })
-        }
-        _ => None,
+    let split = Split {
+        x: &x,
+        x_bg: &x_bg,
+        x_t: &x_t,
+        tg_t: &tg_t,
+        code_bg: &code_bg,
+        code_t: &code_t,
+        cf_t: &cf_t,
     };
-
-    // Quality: samples of both sets against the real images, in the classifier's features.
-    let gen_bg = sample_all(m, nb, false, opts.seed ^ 0x5A1, bs);
-    let gen_t = sample_all(m, nt, true, opts.seed ^ 0x5A2, bs);
-    let generated = Tensor::cat(&[&gen_bg, &gen_t], 0);
-    let (dfd, dkd) = if n >= 2 {
-        let fr = classifier.features(&x, bs);
-        let fg = classifier.features(&generated, bs);
-        let dfd = metrics::frechet_distance(&fr, &fg)?;
-        let dkd = metrics::kid(&fr, &fg, 100, 1000, opts.seed)?.mean;
-        (Some(dfd), Some(dkd))
-    } else {
-        (None, None)
-    };
-    let (fid, kid, fid_images) = match &inception {
-        Some(net) if n >= 2 => {
-            let (real, fake) = fid_subset(&x, &gen_bg, &gen_t, bg_rows, tg_rows, opts.fid_images);
-            let k = real.size()[0];
-            tracing::info!("FID/KID: Inception features of {k} real and {k} generated images");
-            let fr = net.features(&real, bs)?;
-            let fg = net.features(&fake, bs)?;
-            let fid = metrics::frechet_distance(&fr, &fg)?;
-            let kid = metrics::kid(&fr, &fg, 100, 1000, opts.seed)?.mean;
-            (Some(fid), Some(kid), Some(k as usize))
-        }
-        _ => (None, None, None),
-    };
-    let quality = Quality {
-        fid,
-        kid,
-        dfd,
-        dkd,
-        domain_classifier_accuracy: Some(classifier.heldout_accuracy).filter(|a| a.is_finite()),
-        fid_images,
-    };
+    let ground_truth = ground_truth(m, set, &split, &codes, &rows, &prober, &classifier, opts)?;
+    let (quality, gen_bg, gen_t) =
+        quality(m, &split, &rows, inception.as_ref(), &classifier, opts)?;
 
     let grids = make_grids(
         m,
@@ -722,6 +656,134 @@ pub fn evaluate(
         eval: Some(eval_info(&rows, info, opts, t0)),
     };
     Ok(Evaluation { metrics, grids })
+}
+
+/// The images and codes of one evaluation that the ground-truth and quality metrics share.
+struct Split<'a> {
+    /// Every evaluated image, in `[-1, 1]`.
+    x: &'a Tensor,
+    x_bg: &'a Tensor,
+    x_t: &'a Tensor,
+    /// Row indices of the target images in `x`.
+    tg_t: &'a Tensor,
+    code_bg: &'a CaCode,
+    code_t: &'a CaCode,
+    /// The background counterparts of `x_t`.
+    cf_t: &'a Tensor,
+}
+
+/// The ground-truth metrics (counterfactual, saliency, swaps, probe matrix), when the data has
+/// exact counterparts and masks and at least 2 target rows.
+#[allow(clippy::too_many_arguments)]
+fn ground_truth(
+    m: &dyn CaModel,
+    set: &EvalSet,
+    sp: &Split<'_>,
+    codes: &CaCode,
+    rows: &Rows,
+    prober: &Prober,
+    classifier: &DomainClassifier,
+    opts: &EvalOptions,
+) -> Result<Option<GroundTruth>> {
+    let (x_bg, x_t, tg_t) = (sp.x_bg, sp.x_t, sp.tg_t);
+    let (nb, nt) = (rows.background.len() as i64, rows.target.len() as i64);
+    let bs = opts.batch_size.max(1);
+    Ok(match (&set.counterpart, &set.mask) {
+        (Some(cp), Some(mask)) if nt >= 2 => {
+            let true_cf = ca_data::loader::u8_to_unit(&cp.index_select(0, tg_t));
+            let mask_t = mask.index_select(0, tg_t).to_kind(Kind::Float);
+            let (ux, ucf, utrue) = (
+                metrics::unit_range(x_t),
+                metrics::unit_range(sp.cf_t),
+                metrics::unit_range(&true_cf),
+            );
+            let counterfactual = metrics::counterfactual_metrics(&ux, &ucf, &utrue, &mask_t)?;
+            let scores = metrics::saliency_map(&ux, &ucf)?;
+            let truth = mask_t.squeeze_dim(1).gt(0.5);
+            let sal = metrics::saliency_iou(&scores, &truth, nt / 2)?;
+            let k = nb.min(nt);
+            let swaps = swap_images(m, x_bg, sp.code_bg, sp.code_t, k, bs);
+            let swap_target_rate = classifier.target_rate(&swaps, bs);
+            let counterpart_background_rate = 1.0 - classifier.target_rate(sp.cf_t, bs);
+            let swap_success = if swap_target_rate.is_nan() {
+                counterpart_background_rate
+            } else {
+                0.5 * (swap_target_rate + counterpart_background_rate)
+            };
+            let probe_matrix = probe_matrix(set, codes, rows, prober)?;
+            Some(GroundTruth {
+                counterfactual,
+                saliency_iou: sal.iou,
+                saliency_threshold: sal.threshold,
+                swap_success,
+                swap_target_rate: if swap_target_rate.is_nan() {
+                    0.0
+                } else {
+                    swap_target_rate
+                },
+                counterpart_background_rate,
+                probe_matrix,
+            })
+        }
+        _ => None,
+    })
+}
+
+/// Image quality: samples of both sets against the real images, in the domain classifier's
+/// features and, with its weights, the FID Inception's. Returns the samples too (the grids
+/// show them).
+fn quality(
+    m: &dyn CaModel,
+    sp: &Split<'_>,
+    rows: &Rows,
+    inception: Option<&metrics::inception::InceptionFeatures>,
+    classifier: &DomainClassifier,
+    opts: &EvalOptions,
+) -> Result<(Quality, Tensor, Tensor)> {
+    let (nb, nt) = (rows.background.len() as i64, rows.target.len() as i64);
+    let bs = opts.batch_size.max(1);
+    let gen_bg = sample_all(m, nb, false, opts.seed ^ 0x5A1, bs);
+    let gen_t = sample_all(m, nt, true, opts.seed ^ 0x5A2, bs);
+    let generated = Tensor::cat(&[&gen_bg, &gen_t], 0);
+    let n = sp.x.size()[0];
+    let (dfd, dkd) = if n >= 2 {
+        let fr = classifier.features(sp.x, bs);
+        let fg = classifier.features(&generated, bs);
+        let dfd = metrics::frechet_distance(&fr, &fg)?;
+        let dkd = metrics::kid(&fr, &fg, 100, 1000, opts.seed)?.mean;
+        (Some(dfd), Some(dkd))
+    } else {
+        (None, None)
+    };
+    let (fid, kid, fid_images) = match inception {
+        Some(net) if n >= 2 => {
+            let (real, fake) = fid_subset(
+                sp.x,
+                &gen_bg,
+                &gen_t,
+                &rows.background,
+                &rows.target,
+                opts.fid_images,
+            );
+            let k = real.size()[0];
+            tracing::info!("FID/KID: Inception features of {k} real and {k} generated images");
+            let fr = net.features(&real, bs)?;
+            let fg = net.features(&fake, bs)?;
+            let fid = metrics::frechet_distance(&fr, &fg)?;
+            let kid = metrics::kid(&fr, &fg, 100, 1000, opts.seed)?.mean;
+            (Some(fid), Some(kid), Some(k as usize))
+        }
+        _ => (None, None, None),
+    };
+    let quality = Quality {
+        fid,
+        kid,
+        dfd,
+        dkd,
+        domain_classifier_accuracy: Some(classifier.heldout_accuracy).filter(|a| a.is_finite()),
+        fid_images,
+    };
+    Ok((quality, gen_bg, gen_t))
 }
 
 /// `(z of background row i, s of target row i)` for `i < k`, re-rendered from the background
@@ -756,17 +818,27 @@ struct GridInputs<'a> {
 }
 
 fn make_grids(m: &dyn CaModel, set: &EvalSet, g: &GridInputs) -> Vec<Grid> {
-    let c = m.geometry().channels;
-    let (nb, nt) = (g.x_bg.size()[0], g.x_t.size()[0]);
-    let mut grids = Vec::new();
-    let first = |t: &Tensor, k: i64| t.narrow(0, 0, k.min(t.size()[0]));
+    let mut grids = vec![reconstruction_grid(g)];
+    grids.extend(counterpart_grid(m, set, g));
+    grids.extend(swap_grid(m, g));
+    grids.extend(traversal_grid(m, g));
+    grids.extend(samples_grid(g));
+    grids
+}
 
-    // Reconstructions.
+/// The first `k` rows of `t` (fewer when it has fewer).
+fn first(t: &Tensor, k: i64) -> Tensor {
+    t.narrow(0, 0, k.min(t.size()[0]))
+}
+
+/// Background and target inputs above their reconstructions.
+fn reconstruction_grid(g: &GridInputs) -> Grid {
+    let (nb, nt) = (g.x_bg.size()[0], g.x_t.size()[0]);
     let (kb, kt) = (nb.min(8), nt.min(8));
     let ncol = kb.max(kt).max(1);
     let rec_bg = g.rec.index_select(0, g.bg_t);
     let rec_t = g.rec.index_select(0, g.tg_t);
-    grids.push(Grid {
+    Grid {
         name: "reconstructions".into(),
         caption: format!(
             "Reconstructions. Rows: {kb} background inputs, their reconstructions (s = 0), {kt} target inputs, their reconstructions (own s)."
@@ -781,10 +853,17 @@ fn make_grids(m: &dyn CaModel, set: &EvalSet, g: &GridInputs) -> Vec<Grid> {
             ncol,
         ),
         ncol: ncol as usize,
-    });
+    }
+}
 
-    // Counterparts and saliency.
-    if nt > 0 {
+/// Target images, their counterparts and saliency maps (and the truth, when known).
+fn counterpart_grid(m: &dyn CaModel, set: &EvalSet, g: &GridInputs) -> Option<Grid> {
+    let c = m.geometry().channels;
+    let nt = g.x_t.size()[0];
+    if nt == 0 {
+        return None;
+    }
+    {
         let k = nt.min(8);
         let x = first(g.x_t, k);
         let cf = first(g.cf_t, k);
@@ -815,16 +894,22 @@ fn make_grids(m: &dyn CaModel, set: &EvalSet, g: &GridInputs) -> Vec<Grid> {
         } else {
             "Background counterparts of target images. Columns: input | counterpart (z, 0) | saliency map |x - counterpart|."
         };
-        grids.push(Grid {
+        Some(Grid {
             name: "counterparts".into(),
             caption: caption.into(),
             images: Tensor::cat(&rows, 0),
             ncol: ncol as usize,
-        });
+        })
     }
+}
 
-    // Swaps.
-    if nb > 0 && nt > 0 {
+/// Background images (rows) with the salient codes of target images (columns).
+fn swap_grid(m: &dyn CaModel, g: &GridInputs) -> Option<Grid> {
+    let (nb, nt) = (g.x_bg.size()[0], g.x_t.size()[0]);
+    if nb == 0 || nt == 0 {
+        return None;
+    }
+    {
         let (kb, kt) = (nb.min(6), nt.min(6));
         let donors = first(g.x_t, kt);
         let mut rows = vec![Tensor::cat(
@@ -840,18 +925,24 @@ fn make_grids(m: &dyn CaModel, set: &EvalSet, g: &GridInputs) -> Vec<Grid> {
             let sw = edit_all(m, &xi, &own_rep, &new, kt);
             rows.push(Tensor::cat(&[g.x_bg.narrow(0, i, 1), sw], 0));
         }
-        grids.push(Grid {
+        Some(Grid {
             name: "swaps".into(),
             caption: format!(
                 "Salient transfer. First row: {kt} target images (donors of s). First column: {kb} background images (give z). Cell (i, j): (z of background i, s of target j)."
             ),
             images: Tensor::cat(&rows, 0),
             ncol: (kt + 1) as usize,
-        });
+        })
     }
+}
 
-    // Traversals.
-    if nt > 0 && m.ds() > 0 {
+/// Each salient dimension of a few target images swept over `[-3, 3]`.
+fn traversal_grid(m: &dyn CaModel, g: &GridInputs) -> Option<Grid> {
+    let nt = g.x_t.size()[0];
+    if nt == 0 || m.ds() == 0 {
+        return None;
+    }
+    {
         let (k, dims, steps, range) = (nt.min(4), m.ds().min(8), 7i64, 3.0);
         let values = Tensor::linspace(-range, range, steps, (Kind::Float, Device::Cpu));
         let mut rows = Vec::new();
@@ -866,7 +957,7 @@ fn make_grids(m: &dyn CaModel, set: &EvalSet, g: &GridInputs) -> Vec<Grid> {
                 rows.push(edit_all(m, &xi, &own, &new, steps));
             }
         }
-        grids.push(Grid {
+        Some(Grid {
             name: "traversals".into(),
             caption: format!(
                 "Salient traversals. {k} target images x {dims} salient dimensions (rows, image-major: image 0 s_0..s_{}, image 1 ...); columns: s_k from -{range} to {range} in {steps} steps, other coordinates from the image's own code.",
@@ -874,22 +965,26 @@ fn make_grids(m: &dyn CaModel, set: &EvalSet, g: &GridInputs) -> Vec<Grid> {
             ),
             images: Tensor::cat(&rows, 0),
             ncol: steps as usize,
-        });
+        })
     }
+}
 
-    // Samples.
+/// Samples of both sets.
+fn samples_grid(g: &GridInputs) -> Option<Grid> {
     let (kb, kt) = (g.gen_bg.size()[0].min(16), g.gen_t.size()[0].min(16));
-    if kb + kt > 0 {
-        grids.push(Grid {
+    if kb + kt == 0 {
+        return None;
+    }
+    {
+        Some(Grid {
             name: "samples".into(),
             caption: format!(
                 "Random samples. First {kb} images: background (z ~ prior, s = 0); then {kt} target (z, s ~ prior). 8 per row."
             ),
             images: Tensor::cat(&[first(g.gen_bg, kb), first(g.gen_t, kt)], 0),
             ncol: 8,
-        });
+        })
     }
-    grids
 }
 
 /// The images behind FID/KID: at most `cap` real rows (0 = all) in the evaluated background /
@@ -927,6 +1022,7 @@ fn fid_subset(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::report;
     use ca_data::{DataConfig, Split, SyntheticConfig, load_eval_set};
     use ca_models::ImageGeometry;
 
@@ -1096,6 +1192,7 @@ mod tests {
             wall_clock_s: 1.5,
             split: "all".into(),
             apply: None,
+            env_overrides: Vec::new(),
         }
     }
 

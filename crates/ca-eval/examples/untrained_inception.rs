@@ -3,11 +3,11 @@
 //! weights cannot be downloaded. Its FID values mean nothing; its run time is the real one.
 //!
 //! ```text
-//! cargo run --release -p ca-train --example untrained_inception -- /tmp/w/pt_inception-2015-12-05.safetensors
+//! cargo run --release -p ca-eval --example untrained_inception -- /tmp/w/pt_inception-2015-12-05.safetensors
 //! CA_WEIGHTS_DIR=/tmp/w ca eval --run RUN
 //! ```
 
-use ca_train::metrics::inception::InceptionFeatures;
+use ca_eval::metrics::inception::InceptionFeatures;
 
 fn main() {
     let Some(path) = std::env::args().nth(1) else {

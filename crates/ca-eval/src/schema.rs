@@ -28,7 +28,7 @@
 //! `dataset`, `steps`, `wall_clock_s`, `separation`, `probe_matrix` and `eval` as above.
 //!
 //! `ENTRY` is `{"accuracy", "std", "chance"}` for a categorical factor (logistic probe) or
-//! `{"r2", "std"}` for a continuous one (ridge probe). The keys of DESIGN.md / issue #5 are always
+//! `{"r2", "std"}` for a continuous one (ridge probe). The keys of docs/design.md section 6 are always
 //! present; the extra keys (`salient_label`, `saliency_threshold`, `eval`, ...) are additions and
 //! are optional when reading (older files still parse).
 
@@ -67,7 +67,7 @@ pub struct Metrics {
     pub reconstruction: Reconstruction,
     /// Image quality.
     pub quality: Quality,
-    /// Evaluation settings and size (an addition to the issue #5 schema).
+    /// Evaluation settings and size (an addition to the schema of docs/design.md).
     #[serde(default)]
     pub eval: Option<EvalInfo>,
 }
@@ -262,5 +262,9 @@ pub struct EvalInfo {
     /// The `[apply]` settings the model edited with (counterfactuals, swaps): the run's own, or
     /// those of `ca eval --set apply.KEY=VALUE`. Absent in files written before it was recorded.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub apply: Option<crate::config::ApplyConfig>,
+    pub apply: Option<ca_models::apply::ApplyConfig>,
+    /// The environment variables that overrode `apply`'s sampling step counts
+    /// (`CA_INVERT_STEPS=50`, ...; the values in `apply` are the ones used). Empty when none.
+    #[serde(default)]
+    pub env_overrides: Vec<String>,
 }

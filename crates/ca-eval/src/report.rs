@@ -4,8 +4,8 @@
 
 use std::path::{Path, PathBuf};
 
-use super::schema::{Metrics, Probe, ProbeEntry, SeparationReport};
-use super::{EvalError, Evaluation, Result};
+use crate::evaluate::{EvalError, Evaluation, Result};
+use crate::schema::{Metrics, Probe, ProbeEntry, SeparationReport};
 
 /// The files `ca eval` writes besides the grid PNGs.
 pub const REPORT_FILES: [&str; 3] = ["metrics.json", "report.md", "report.html"];
@@ -23,10 +23,10 @@ fn io<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> 
 /// --checkpoint`, so an earlier checkpoint's numbers never mix with the latest's; other edit
 /// settings (`ca eval --set apply.KEY=VALUE`) add `-KEY=VALUE` per setting
 /// (`RUN/eval-diffusion_guidance=0.5/`), so they never mix with the run's own either.
-pub fn eval_dir(run_dir: &Path, checkpoint_step: Option<u64>, apply_sets: &[String]) -> PathBuf {
-    let mut name = match checkpoint_step {
+pub fn eval_dir(run_dir: &Path, checkpoint: Option<&str>, apply_sets: &[String]) -> PathBuf {
+    let mut name = match checkpoint {
         None => "eval".to_string(),
-        Some(step) => format!("eval-{}", crate::checkpoint::folder_name(step)),
+        Some(folder) => format!("eval-{folder}"),
     };
     for set in apply_sets {
         name.push('-');
@@ -152,7 +152,7 @@ pub fn write_eval(
     let mut figures = Vec::new();
     for g in &ev.grids {
         let p = dir.join(format!("{}.png", g.name));
-        crate::images::save_grid(&g.images, g.ncol, &p)?;
+        ca_data::grid::save_grid(&g.images, g.ncol, &p)?;
         let bytes = std::fs::read(&p).map_err(io("cannot read", &p))?;
         figures.push((g.name.clone(), g.caption.clone(), base64(&bytes)));
         written.push(p);
@@ -163,7 +163,7 @@ pub fn write_eval(
 
     let mut md = format!("# Evaluation of {name}\n\n");
     md.push_str(
-        "Metrics of DESIGN.md section 6; `metrics.json` holds the same numbers. Probes: k-fold logistic regression (accuracy ± std over folds, chance = majority class) or ridge R².\n\n",
+        "Metrics of docs/design.md section 6; `metrics.json` holds the same numbers. Probes: k-fold logistic regression (accuracy ± std over folds, chance = majority class) or ridge R².\n\n",
     );
     for s in &sections {
         md.push_str(&format!("## {}\n\n{}\n\n", s.title, s.note));
@@ -270,11 +270,29 @@ fn entry(e: Option<&ProbeEntry>) -> String {
 
 /// The report tables: one row per metric, one column per run.
 fn tables(runs: &[(&str, &Metrics)]) -> Vec<Section> {
-    let row = |label: &str, f: &dyn Fn(&Metrics) -> String| -> (String, Vec<String>) {
-        (label.to_string(), runs.iter().map(|(_, m)| f(m)).collect())
-    };
-    let mut out = Vec::new();
-    out.push(Section {
+    let mut out = vec![
+        run_section(runs),
+        separation_section(runs),
+        ground_truth_section(runs),
+    ];
+    out.extend(probe_matrix_sections(runs));
+    out.push(reconstruction_section(runs));
+    out.push(quality_section(runs));
+    out
+}
+
+/// One table row: `label` and `f` of each run.
+fn row(
+    runs: &[(&str, &Metrics)],
+    label: &str,
+    f: &dyn Fn(&Metrics) -> String,
+) -> (String, Vec<String>) {
+    (label.to_string(), runs.iter().map(|(_, m)| f(m)).collect())
+}
+
+fn run_section(runs: &[(&str, &Metrics)]) -> Section {
+    let row = |label: &str, f: &dyn Fn(&Metrics) -> String| row(runs, label, f);
+    Section {
         title: "Run".into(),
         note: "The evaluated checkpoint and data.".into(),
         rows: vec![
@@ -295,13 +313,23 @@ fn tables(runs: &[(&str, &Metrics)]) -> Vec<Section> {
                     .and_then(|e| e.apply.as_ref())
                     .map_or("—".into(), |a| a.describe(&m.model))
             }),
+            row("environment overrides", &|m| {
+                m.eval
+                    .as_ref()
+                    .filter(|e| !e.env_overrides.is_empty())
+                    .map_or("none".into(), |e| e.env_overrides.join(", "))
+            }),
             row("evaluation time (s)", &|m| {
                 m.eval
                     .as_ref()
                     .map_or("—".into(), |e| format!("{:.1}", e.seconds))
             }),
         ],
-    });
+    }
+}
+
+fn separation_section(runs: &[(&str, &Metrics)]) -> Section {
+    let row = |label: &str, f: &dyn Fn(&Metrics) -> String| row(runs, label, f);
     let label = |m: &Metrics, salient: bool| {
         let l = if salient {
             &m.separation.salient_label
@@ -310,7 +338,7 @@ fn tables(runs: &[(&str, &Metrics)]) -> Vec<Section> {
         };
         l.clone().unwrap_or_else(|| "—".into())
     };
-    out.push(Section {
+    Section {
         title: "Separation probes".into(),
         note: "Salient labels should be predictable from s and near chance from z; background vs target near chance from z; common labels predictable from z.".into(),
         rows: vec![
@@ -323,8 +351,12 @@ fn tables(runs: &[(&str, &Metrics)]) -> Vec<Section> {
             row("common from z", &|m| probe(m.separation.common_from_z.as_ref())),
             row("common from s", &|m| probe(m.separation.common_from_s.as_ref())),
         ],
-    });
-    type Get = fn(&super::GroundTruth) -> f64;
+    }
+}
+
+fn ground_truth_section(runs: &[(&str, &Metrics)]) -> Section {
+    let row = |label: &str, f: &dyn Fn(&Metrics) -> String| row(runs, label, f);
+    type Get = fn(&crate::schema::GroundTruth) -> f64;
     let gt_rows: [(&str, Get); 17] = [
         ("counterfactual PSNR (dB)", |g| {
             g.counterfactual.counterfactual_psnr_db
@@ -368,7 +400,7 @@ fn tables(runs: &[(&str, &Metrics)]) -> Vec<Section> {
             g.probe_matrix.values().map(|r| r.len()).max().unwrap_or(0) as f64
         }),
     ];
-    out.push(Section {
+    Section {
         title: "Ground truth".into(),
         note: "Against the exact background counterparts and salient masks (target rows). Gain = model PSNR minus the better trivial baseline (unchanged input, flat median colour); errors are mean absolute errors on a 0-1 scale; the saliency threshold is chosen on the first half of the target rows, IoU reported on the second half; swap success = mean of the two rates, judged by the domain classifier.".into(),
         rows: gt_rows
@@ -386,7 +418,12 @@ fn tables(runs: &[(&str, &Metrics)]) -> Vec<Section> {
                 })
             })
             .collect(),
-    });
+    }
+}
+
+fn probe_matrix_sections(runs: &[(&str, &Metrics)]) -> Vec<Section> {
+    let row = |label: &str, f: &dyn Fn(&Metrics) -> String| row(runs, label, f);
+    let mut out = Vec::new();
     for (lat, title) in [("z", "Probe matrix: from z"), ("s", "Probe matrix: from s")] {
         let mut factors: Vec<String> = Vec::new();
         for (_, m) in runs {
@@ -425,15 +462,24 @@ fn tables(runs: &[(&str, &Metrics)]) -> Vec<Section> {
                 .collect(),
         });
     }
-    out.push(Section {
+    out
+}
+
+fn reconstruction_section(runs: &[(&str, &Metrics)]) -> Section {
+    let row = |label: &str, f: &dyn Fn(&Metrics) -> String| row(runs, label, f);
+    Section {
         title: "Reconstruction".into(),
         note: "PSNR (dB, 0-1 scale) of reconstructions: background rows with s = 0, target rows with their own s.".into(),
         rows: vec![
             row("background PSNR (dB)", &|m| opt(m.reconstruction.background_psnr_db)),
             row("target PSNR (dB)", &|m| opt(m.reconstruction.target_psnr_db)),
         ],
-    });
-    out.push(Section {
+    }
+}
+
+fn quality_section(runs: &[(&str, &Metrics)]) -> Section {
+    let row = |label: &str, f: &dyn Fn(&Metrics) -> String| row(runs, label, f);
+    Section {
         title: "Image quality".into(),
         note: format!(
             "{} dfd / dkd: Fréchet and kernel distances between samples of both sets and the real images in the features of a background-vs-target CNN trained on the real evaluation images (domain distances, not FID).",
@@ -452,8 +498,7 @@ fn tables(runs: &[(&str, &Metrics)]) -> Vec<Section> {
                 opt(m.quality.domain_classifier_accuracy)
             }),
         ],
-    });
-    out
+    }
 }
 
 /// HTML-escape text.
@@ -518,7 +563,7 @@ mod tests {
         let err = prepare_eval_dir(&latest, false).unwrap_err();
         assert!(err.to_string().contains("--force"), "{err}");
         // An earlier checkpoint's evaluation has its own folder.
-        let earlier = eval_dir(tmp.path(), Some(4000), &[]);
+        let earlier = eval_dir(tmp.path(), Some("ckpt-0004000"), &[]);
         assert_eq!(earlier, tmp.path().join("eval-ckpt-0004000"));
         // Other edit settings (`ca eval --set`) too, named after them in the order given.
         let sets = [
@@ -532,7 +577,7 @@ mod tests {
                 .join("eval-diffusion_edit=inpaint-diffusion_guidance=0.5-mask_scale=1_2_x")
         );
         assert_eq!(
-            eval_dir(tmp.path(), Some(4000), &sets[1..2]),
+            eval_dir(tmp.path(), Some("ckpt-0004000"), &sets[1..2]),
             tmp.path().join("eval-ckpt-0004000-diffusion_guidance=0.5")
         );
         prepare_eval_dir(&earlier, false).unwrap();
