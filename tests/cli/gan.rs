@@ -200,14 +200,44 @@ fn tiny_gan_run_trains_resumes_exactly_and_serves_every_verb() {
         "3 values x 2 salient dimensions"
     );
 
-    // Evaluation on the exported images (never trained on): metrics.json in the schema, reports.
+    // `data` was exported with the default seed 0, the run's own data.seed: it holds images the
+    // run trained on, so evaluating all of it is refused, naming the cause.
+    let e = err(ca()
+        .arg("eval")
+        .arg("--run")
+        .arg(&full)
+        .arg("--data")
+        .arg(&data)
+        .args(["--all-images", "--device", "cpu"]));
+    assert!(
+        e.contains("images the run trained on") && e.contains("another --seed"),
+        "{e}"
+    );
+    assert!(!full.join("eval/metrics.json").exists());
+    let e = err(ca().arg("eval").arg("--run").arg(&full).arg("--all-images"));
+    assert!(e.contains("give --data ROOT"), "{e}");
+    // Evaluation on images never trained on (another seed): metrics.json in the schema, reports.
+    let unseen = tmp.path().join("unseen");
+    ok(ca()
+        .args([
+            "data",
+            "export-synthetic",
+            "--n-background",
+            "12",
+            "--n-target",
+            "12",
+            "--seed",
+            "7",
+            "--out",
+        ])
+        .arg(&unseen));
     let eval_export = || {
         let mut c = ca();
         c.arg("eval")
             .arg("--run")
             .arg(&full)
             .arg("--data")
-            .arg(&data)
+            .arg(&unseen)
             .args(["--all-images", "--device", "cpu"]);
         c
     };

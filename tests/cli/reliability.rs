@@ -276,3 +276,34 @@ fn bad_input_is_the_first_and_only_thing_said() {
         "{e}"
     );
 }
+
+/// Two `ca train` started at once on the same new `--out`: exactly one trains, the other is
+/// refused (the folder is locked, or already holds the winner's run), and the run's
+/// `config.toml` is the winner's.
+#[test]
+fn two_trainers_on_one_new_run_directory_leave_one_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = tmp.path().join("run");
+    let spawn = |seed: u64| {
+        let mut sets = tiny(2, 0);
+        sets.push(format!("train.seed={seed}"));
+        train_cmd(&run, &sets, false)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let (a, b) = (spawn(11), spawn(22));
+    let outs = [a.wait_with_output().unwrap(), b.wait_with_output().unwrap()];
+    let won: Vec<usize> = (0..2).filter(|&i| outs[i].status.success()).collect();
+    assert_eq!(won.len(), 1, "exactly one trainer wins");
+    let lost = String::from_utf8_lossy(&outs[1 - won[0]].stderr);
+    assert!(
+        lost.contains("another `ca train`") || lost.contains("is not empty"),
+        "{lost}"
+    );
+    let saved = std::fs::read_to_string(run.join("config.toml")).unwrap();
+    let seed = [11, 22][won[0]];
+    assert!(saved.contains(&format!("seed = {seed}")), "{saved}");
+    assert_eq!((latest_step(&run), logged_steps(&run)), (Some(2), 2));
+}

@@ -80,7 +80,9 @@ pub fn read_images(paths: &[PathBuf], m: &dyn CaModel) -> anyhow::Result<Tensor>
     Ok(ca_data::loader::u8_to_unit(&t.to_device(m.device())))
 }
 
-/// A dataset for `encode`: a folder pair at the run's geometry, or the run's own data.
+/// A dataset for `encode` and `eval`: a folder pair at the run's geometry, or the run's own
+/// data (also when `data` is the run's own root: then with its own `data.seed` and
+/// `eval_fraction`, so the held-out split is the run's).
 pub(crate) fn dataset_for(
     cfg: &ca_train::config::RunConfig,
     data: Option<&Path>,
@@ -88,6 +90,7 @@ pub(crate) fn dataset_for(
     let common = cfg.data.common()?;
     match data {
         None => Ok(cfg.data.open()?),
+        Some(root) if is_own_root(&cfg.data, root) => Ok(cfg.data.open()?),
         Some(root) => {
             let text = format!(
                 "kind = \"folder\"\nroot = {:?}\nsize = {}\nchannels = {}\n",
@@ -99,6 +102,20 @@ pub(crate) fn dataset_for(
                 toml::from_str(&text).context("building the folder data config")?;
             Ok(dc.open()?)
         }
+    }
+}
+
+/// Whether `root` is the root of the run's own folder or `.npy` data (the same folder, however
+/// it is spelled).
+fn is_own_root(data: &DataConfig, root: &Path) -> bool {
+    let own = match data {
+        DataConfig::Folder(f) => &f.root,
+        DataConfig::Npy(n) => &n.root,
+        DataConfig::Synthetic(_) => return false,
+    };
+    match (own.canonicalize(), root.canonicalize()) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => false,
     }
 }
 
@@ -338,4 +355,39 @@ pub fn traverse(
     }
     caption.push_str(&edit_line(&cfg, m.as_ref()));
     write_grid(&Tensor::cat(&rows, 0), steps as usize, &path, &caption)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `--data` naming the run's own folder reads it with the run's own `data.seed` and
+    /// `eval_fraction`, so "held out" is the run's held-out split; another folder is read as a
+    /// new folder pair.
+    #[test]
+    fn the_runs_own_root_keeps_its_split() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("pair");
+        ca_data::export_synthetic(&Default::default(), &root, 40, 40, 3).unwrap();
+        let text = format!(
+            "[data]\nkind = \"folder\"\nroot = {:?}\nsize = 32\nseed = 5\neval_fraction = 0.4\n[model]\nfamily = \"gan\"\n",
+            root.display().to_string()
+        );
+        let cfg = ca_train::config::RunConfig::from_toml(&text, "t.toml", &[]).unwrap();
+        let held = |ds: &dyn Dataset| ca_data::split_indices(ds, Split::Eval);
+        let own = held(cfg.data.open().unwrap().as_ref());
+        // The same folder, spelled another way.
+        let spelled = root.join("..").join("pair");
+        assert_eq!(
+            held(dataset_for(&cfg, Some(&spelled)).unwrap().as_ref()),
+            own
+        );
+        let copy = tmp.path().join("copy");
+        ca_data::export_synthetic(&Default::default(), &copy, 40, 40, 3).unwrap();
+        assert_ne!(
+            held(dataset_for(&cfg, Some(&copy)).unwrap().as_ref()),
+            own,
+            "another folder is read with the defaults (seed 0, eval_fraction 0.1)"
+        );
+    }
 }

@@ -3,7 +3,7 @@
 //! with the grid PNGs. The work is done by `ca_eval`; this file only resolves the data,
 //! the options and the comparison runs.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{Context, bail};
@@ -122,6 +122,9 @@ pub fn eval(a: &EvalArgs) -> anyhow::Result<()> {
     };
     let full =
         ca_data::load_eval_set(ds.as_ref(), split).context("loading the evaluation images")?;
+    if a.all_images {
+        refuse_training_images(&cfg, a.data.as_deref(), &full)?;
+    }
     if full.is_empty() {
         bail!(
             "the {} split of the data is empty: nothing to evaluate (with a separate --data export, pass --all-images)",
@@ -196,11 +199,12 @@ pub fn eval(a: &EvalArgs) -> anyhow::Result<()> {
     print_separation(&mt.separation);
     if let Some(g) = &mt.ground_truth {
         println!(
-            "counterfactual {:.2} dB (gain {:+.2} dB), saliency IoU {:.3}, swap success {:.3}",
+            "counterfactual {:.2} dB (gain {:+.2} dB), saliency IoU {:.3}, swap success {}",
             g.counterfactual.counterfactual_psnr_db,
             g.counterfactual.counterfactual_gain_db,
             g.saliency_iou,
             g.swap_success
+                .map_or(ca_eval::report::NO_SWAPS.to_string(), |v| format!("{v:.3}"))
         );
     }
     println!(
@@ -213,6 +217,52 @@ pub fn eval(a: &EvalArgs) -> anyhow::Result<()> {
 }
 
 /// The separation line of the summary.
+/// `--all-images` evaluates every image of `--data`, so none may be one the run trained on:
+/// without `--data` (the run's own data holds its training split) it is refused, and otherwise
+/// the pixels of every image are compared with those of the run's training split (content
+/// digests at the run's geometry), so a copy or an export of the same images is refused too.
+fn refuse_training_images(
+    cfg: &ca_train::config::RunConfig,
+    data: Option<&Path>,
+    set: &ca_data::EvalSet,
+) -> anyhow::Result<()> {
+    let Some(root) = data else {
+        bail!(
+            "--all-images evaluates every image, and the run's own data holds its training split: give --data ROOT with images the run never trained on, or drop --all-images to evaluate the held-out split"
+        );
+    };
+    let own = cfg.data.open().context(
+        "--all-images checks that --data holds none of the run's training images, and the run's own data (its config.toml [data]) cannot be opened",
+    )?;
+    let trained: std::collections::HashSet<u64> =
+        ca_data::image_digests(own.as_ref(), Split::Train)?
+            .into_iter()
+            .collect();
+    let seen: Vec<usize> = ca_data::tensor_digests(&set.images)?
+        .iter()
+        .enumerate()
+        .filter(|(_, d)| trained.contains(d))
+        .map(|(i, _)| i)
+        .collect();
+    if let Some(&first) = seen.first() {
+        let hint = match &cfg.data {
+            ca_data::DataConfig::Synthetic(s) => format!(
+                " (the run trained on the synthetic benchmark of data.seed = {}: export it with another --seed)",
+                s.seed
+            ),
+            _ => String::new(),
+        };
+        bail!(
+            "--all-images: {} of the {} images of '{}' are images the run trained on (e.g. '{}'), so they are not held out{hint}; evaluate images the run never saw, or drop --all-images",
+            seen.len(),
+            set.len(),
+            root.display(),
+            set.files[first]
+        );
+    }
+    Ok(())
+}
+
 fn print_separation(sep: &eval::Separation) {
     let acc = |p: Option<eval::Probe>| p.map_or("-".to_string(), |p| format!("{:.3}", p.accuracy));
     println!(

@@ -31,6 +31,6 @@ pub use config::{
 };
 pub use dataset::{Dataset, Group, LabelColumn, LabelKind, LabelScope};
 pub use error::{DataError, DataErrorKind, Result};
-pub use eval::{EvalSet, load_eval_set};
+pub use eval::{EvalSet, image_digests, load_eval_set, tensor_digests};
 pub use export::{ExportSummary, export_synthetic};
 pub use loader::{EvalBatches, LoaderOptions, PairBatch, Split, TrainLoader, split_indices};

@@ -458,6 +458,49 @@ mod tests {
         assert!(f.min().double_value(&[]) >= -1.0 && f.max().double_value(&[]) <= 1.0);
     }
 
+    /// No training batch holds a held-out image, background rows or target rows, and an
+    /// epoch's worth of batches covers every training image of each group.
+    #[test]
+    fn training_batches_never_hold_held_out_images_of_either_group() {
+        let ds = synth(40, false);
+        let eval = split_indices(ds.as_ref(), Split::Eval);
+        let train = split_indices(ds.as_ref(), Split::Train);
+        assert!(eval.iter().any(|&i| i < 40) && eval.iter().any(|&i| i >= 40));
+        let mut o = LoaderOptions::from_dataset(ds.as_ref(), 8);
+        o.target_fraction = 0.5;
+        let seen: Vec<(usize, i64)> = TrainLoader::new(ds.clone(), o)
+            .unwrap()
+            .take(40)
+            .flat_map(|b| {
+                let b = b.unwrap();
+                let g: Vec<i64> = Vec::try_from(&b.group).unwrap();
+                b.indices.into_iter().zip(g).collect::<Vec<_>>()
+            })
+            .collect();
+        for &(i, g) in &seen {
+            assert!(
+                !eval.contains(&i),
+                "held-out image {i} (group {g}) in a training batch"
+            );
+            assert_eq!(
+                g,
+                i64::from(i >= 40),
+                "row {i} labelled with the wrong group"
+            );
+        }
+        for group_target in [false, true] {
+            let want: Vec<usize> = train
+                .iter()
+                .copied()
+                .filter(|&i| (i >= 40) == group_target)
+                .collect();
+            assert!(
+                want.iter().all(|i| seen.iter().any(|(j, _)| j == i)),
+                "every training image of the group appears (target: {group_target})"
+            );
+        }
+    }
+
     #[test]
     fn cache_keeps_images_within_its_budget() {
         let ds = synth(10, false);

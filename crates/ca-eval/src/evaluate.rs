@@ -703,24 +703,17 @@ fn ground_truth(
             let sal = metrics::saliency_iou(&scores, &truth, nt / 2)?;
             let k = nb.min(nt);
             let swaps = swap_images(m, x_bg, sp.code_bg, sp.code_t, k, bs);
-            let swap_target_rate = classifier.target_rate(&swaps, bs);
+            // No background rows, no swaps: their rate (and the mean with it) is not computed.
+            let swap_target_rate = (k > 0).then(|| classifier.target_rate(&swaps, bs));
             let counterpart_background_rate = 1.0 - classifier.target_rate(sp.cf_t, bs);
-            let swap_success = if swap_target_rate.is_nan() {
-                counterpart_background_rate
-            } else {
-                0.5 * (swap_target_rate + counterpart_background_rate)
-            };
+            let swap_success = swap_target_rate.map(|r| 0.5 * (r + counterpart_background_rate));
             let probe_matrix = probe_matrix(set, codes, rows, prober)?;
             Some(GroundTruth {
                 counterfactual,
                 saliency_iou: sal.iou,
                 saliency_threshold: sal.threshold,
                 swap_success,
-                swap_target_rate: if swap_target_rate.is_nan() {
-                    0.0
-                } else {
-                    swap_target_rate
-                },
+                swap_target_rate,
                 counterpart_background_rate,
                 probe_matrix,
             })
@@ -1257,6 +1250,33 @@ mod tests {
             (gt.counterfactual.counterfactual_psnr_db - gt.counterfactual.identity_psnr_db).abs()
                 < 1e-9
         );
+    }
+
+    /// Without background rows no swap is made: both swap numbers are `null` in metrics.json
+    /// (not 0, and not the counterpart rate alone under the swap-success name), and the report
+    /// says why.
+    #[test]
+    fn swap_numbers_are_null_when_no_swap_was_made() {
+        let full = small_set();
+        let group: Vec<i64> = Vec::try_from(&full.group).unwrap();
+        let targets: Vec<usize> = (0..group.len()).filter(|&i| group[i] == 1).collect();
+        let set = subset(&full, &targets);
+        let oracle = LookupModel::new(&full, false);
+        let ev = evaluate(&oracle, &set, &info(), &options()).unwrap();
+        let gt = ev.metrics.ground_truth.as_ref().unwrap();
+        assert_eq!((gt.swap_target_rate, gt.swap_success), (None, None));
+        assert!(gt.counterpart_background_rate.is_finite());
+        let json = serde_json::to_value(&ev.metrics).unwrap();
+        assert!(json["ground_truth"]["swap_success"].is_null(), "{json}");
+        assert!(json["ground_truth"]["swap_target_rate"].is_null(), "{json}");
+        let tmp = tempfile::tempdir().unwrap();
+        crate::report::write_eval(tmp.path(), "run", &ev, &[]).unwrap();
+        let md = std::fs::read_to_string(tmp.path().join("report.md")).unwrap();
+        assert!(md.contains(crate::report::NO_SWAPS), "{md}");
+        // With both groups the rates are numbers.
+        let ev = evaluate(&oracle, &full, &info(), &options()).unwrap();
+        let gt = ev.metrics.ground_truth.unwrap();
+        assert!(gt.swap_target_rate.is_some() && gt.swap_success.is_some());
     }
 
     #[test]

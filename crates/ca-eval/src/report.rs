@@ -7,6 +7,9 @@ use std::path::{Path, PathBuf};
 use crate::evaluate::{EvalError, Evaluation, Result};
 use crate::schema::{Metrics, Probe, ProbeEntry, SeparationReport};
 
+/// The report's cell for the swap rates when no swap was made (`null` in `metrics.json`).
+pub const NO_SWAPS: &str = "null: no swaps (no background rows evaluated)";
+
 /// The files `ca eval` writes besides the grid PNGs.
 pub const REPORT_FILES: [&str; 3] = ["metrics.json", "report.md", "report.html"];
 
@@ -391,8 +394,10 @@ fn ground_truth_section(runs: &[(&str, &Metrics)]) -> Section {
         }),
         ("saliency IoU", |g| g.saliency_iou),
         ("saliency threshold", |g| g.saliency_threshold),
-        ("swap success", |g| g.swap_success),
-        ("swaps judged target", |g| g.swap_target_rate),
+        ("swap success", |g| g.swap_success.unwrap_or(f64::NAN)),
+        ("swaps judged target", |g| {
+            g.swap_target_rate.unwrap_or(f64::NAN)
+        }),
         ("counterparts judged background", |g| {
             g.counterpart_background_rate
         }),
@@ -411,6 +416,8 @@ fn ground_truth_section(runs: &[(&str, &Metrics)]) -> Section {
                         let v = get(g);
                         if l.starts_with("probe matrix") {
                             format!("{v}")
+                        } else if l.starts_with("swap") && v.is_nan() {
+                            NO_SWAPS.into()
                         } else {
                             f3(v)
                         }

@@ -13,7 +13,7 @@
 //!                     "identity_error_inside": f, "identity_error_outside": f,
 //!                     "flat_error_inside": f, "flat_error_outside": f,
 //!                     "saliency_iou": f, "saliency_threshold": f,
-//!                     "swap_success": f, "swap_target_rate": f, "counterpart_background_rate": f,
+//!                     "swap_success": f|null, "swap_target_rate": f|null, "counterpart_background_rate": f,
 //!                     "probe_matrix": { "z": {FACTOR: ENTRY, ...}, "s": {FACTOR: ENTRY, ...} } }
 //!                   | null,
 //!   "reconstruction": { "background_psnr_db": f, "target_psnr_db": f },
@@ -196,10 +196,14 @@ pub struct GroundTruth {
     /// Saliency threshold (mean absolute difference on a 0-1 scale) chosen on the first half of
     /// the target rows.
     pub saliency_threshold: f64,
-    /// Mean of `swap_target_rate` and `counterpart_background_rate`.
-    pub swap_success: f64,
-    /// Fraction of `(z_background, s_target)` images the domain classifier calls target.
-    pub swap_target_rate: f64,
+    /// Mean of `swap_target_rate` and `counterpart_background_rate`; `null` when no swap was
+    /// made (no background rows evaluated), as a mean of one rate would read as both.
+    #[serde(default)]
+    pub swap_success: Option<f64>,
+    /// Fraction of `(z_background, s_target)` images the domain classifier calls target;
+    /// `null` when no swap was made (no background rows evaluated).
+    #[serde(default)]
+    pub swap_target_rate: Option<f64>,
     /// Fraction of `(z_target, 0)` images the domain classifier calls background.
     pub counterpart_background_rate: f64,
     /// Probe matrix (latent group x factor).

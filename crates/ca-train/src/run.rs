@@ -282,7 +282,9 @@ pub fn truncate_log(path: &Path, step: u64) -> Result<usize, TrainError> {
     Ok(dropped)
 }
 
-/// The first floating-point tensor holding a NaN or Inf (one host sync for all of them).
+/// The first floating-point tensor holding a NaN or Inf (one host sync for all of them). If the
+/// flags cannot be read back, the check fails closed: the answer names the failure, so no
+/// checkpoint is written from a state that was not checked.
 pub fn first_non_finite(tensors: &[(String, Tensor)]) -> Option<String> {
     let _guard = tch::no_grad_guard();
     let float: Vec<&(String, Tensor)> = tensors
@@ -304,13 +306,46 @@ pub fn first_non_finite(tensors: &[(String, Tensor)]) -> Option<String> {
             .collect::<Vec<_>>(),
         0,
     );
-    let flags =
-        Vec::<u8>::try_from(flags.to_kind(Kind::Uint8).to_device(Device::Cpu)).unwrap_or_default();
-    float
-        .iter()
-        .zip(flags)
-        .find(|(_, ok)| *ok == 0)
-        .map(|((n, _), _)| n.clone())
+    let names: Vec<&str> = float.iter().map(|(n, _)| n.as_str()).collect();
+    first_flagged(
+        &names,
+        Vec::<u8>::try_from(flags.to_kind(Kind::Uint8).to_device(Device::Cpu))
+            .map_err(|e| e.to_string()),
+    )
+}
+
+/// The first name whose flag is 0 (not finite); when the flags could not be read (`Err`) or
+/// are fewer than the names, a description of that failure (fail closed).
+fn first_flagged(names: &[&str], flags: Result<Vec<u8>, String>) -> Option<String> {
+    match flags {
+        Ok(f) if f.len() == names.len() => names
+            .iter()
+            .zip(f)
+            .find(|(_, ok)| *ok == 0)
+            .map(|(n, _)| n.to_string()),
+        Ok(f) => Some(format!(
+            "(finiteness check: {} flags for {} tensors)",
+            f.len(),
+            names.len()
+        )),
+        Err(e) => Some(format!("(finiteness check failed: {e})")),
+    }
+}
+
+/// Loss means read back from the device: one value per name, or the failure (fail closed).
+fn read_back(names: &[&'static str], stacked: &Tensor) -> Result<Vec<f64>, (String, f64)> {
+    match Vec::<f64>::try_from(stacked.to_kind(Kind::Double)) {
+        Ok(v) if v.len() == names.len() => Ok(v),
+        Ok(v) => Err((
+            format!(
+                "(loss read-back: {} values for {} terms)",
+                v.len(),
+                names.len()
+            ),
+            f64::NAN,
+        )),
+        Err(e) => Err((format!("(loss read-back failed: {e})"), f64::NAN)),
+    }
 }
 
 /// The next free numbered run directory under `root`: `root/00003-<desc>`.
@@ -413,7 +448,10 @@ impl Logger {
                 .collect::<Vec<_>>(),
             0,
         );
-        let vals = Vec::<f64>::try_from(stacked.to_kind(Kind::Double)).unwrap_or_default();
+        let vals = match read_back(&names, &stacked) {
+            Ok(v) => v,
+            Err(fault) => return Some(fault),
+        };
         names
             .iter()
             .zip(vals)
@@ -440,8 +478,13 @@ impl Logger {
                 .collect::<Vec<_>>(),
             0,
         );
-        let vals: Vec<f64> =
-            Vec::<f64>::try_from(stacked.to_kind(Kind::Double)).unwrap_or_default();
+        // A failed read-back is logged as a non-finite term, which stops the run.
+        let vals: Vec<f64> = match read_back(&names, &stacked) {
+            Ok(v) => v,
+            Err((what, _)) => {
+                return Ok(vec![(what, f64::NAN)]);
+            }
+        };
         let means: Vec<(String, f64)> = names
             .iter()
             .zip(vals)
@@ -1016,6 +1059,26 @@ mod tests {
         drop(again);
         let err = lock_run_dir(&dir.path().join("missing")).unwrap_err();
         assert!(err.to_string().contains("train.lock"), "{err}");
+    }
+
+    /// The NaN/Inf guard before a checkpoint fails closed: flags that cannot be read back, or
+    /// too few of them, are a fault, never "all finite".
+    #[test]
+    fn the_non_finite_guard_fails_closed() {
+        let names = ["a", "b"];
+        assert_eq!(first_flagged(&names, Ok(vec![1, 1])), None);
+        assert_eq!(first_flagged(&names, Ok(vec![1, 0])).as_deref(), Some("b"));
+        let e = first_flagged(&names, Err("device lost".into())).unwrap();
+        assert!(e.contains("device lost"), "{e}");
+        assert!(first_flagged(&names, Ok(vec![])).is_some());
+        let t = |v: f32| Tensor::from_slice(&[v, 1.0]);
+        let ok = [("w".to_string(), t(0.5))];
+        assert_eq!(first_non_finite(&ok), None);
+        let bad = [("w".to_string(), t(0.5)), ("m".to_string(), t(f32::NAN))];
+        assert_eq!(first_non_finite(&bad).as_deref(), Some("m"));
+        let stacked = Tensor::from_slice(&[1.0f64]);
+        assert!(read_back(&["x", "y"], &stacked).is_err());
+        assert_eq!(read_back(&["x"], &stacked).unwrap(), vec![1.0]);
     }
 
     #[test]
