@@ -277,6 +277,33 @@ fn tiny_gan_run_trains_resumes_exactly_and_serves_every_verb() {
     let e = err(&mut eval_export());
     assert!(e.contains("--force"), "{e}");
 
+    // The FID/KID path, with an Inception network of the real architecture (untrained weights,
+    // seeded: the numbers mean nothing, the path is what is checked): both are numbers, over
+    // the requested image count, and nothing else changes.
+    let weights = tmp.path().join("weights");
+    std::fs::create_dir_all(&weights).unwrap();
+    tch::manual_seed(0);
+    ca_eval::metrics::inception::InceptionFeatures::untrained(tch::Device::Cpu)
+        .save(&weights.join(ca_eval::metrics::inception::WEIGHTS_FILE_NAME))
+        .unwrap();
+    let fid_dir = tmp.path().join("fid-eval");
+    ok(eval_export()
+        .env("CA_WEIGHTS_DIR", &weights)
+        .args(["--fid-images", "8", "--out"])
+        .arg(&fid_dir));
+    let f: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fid_dir.join("metrics.json")).unwrap())
+            .unwrap();
+    let q = &f["quality"];
+    assert!(
+        q["fid"].as_f64().is_some_and(|v| v.is_finite() && v >= 0.0)
+            && q["kid"].as_f64().is_some_and(f64::is_finite)
+            && q["fid_images"] == 8,
+        "{q}"
+    );
+    assert_eq!(f["separation"], m["separation"], "FID changes no other number");
+    std::fs::remove_dir_all(&weights).unwrap();
+
     // Another edit setting: its own folder named after it, the setting recorded, other
     // counterfactual numbers; the run's own evaluation untouched.
     let own = std::fs::read_to_string(full.join("eval/metrics.json")).unwrap();

@@ -11,8 +11,23 @@ pub fn root() -> PathBuf {
 /// A `ca` command with libtorch limited to one thread (tests run in parallel on 2 cores).
 pub fn ca() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_ca"));
-    c.env("OMP_NUM_THREADS", "1").env("RUST_LOG", "warn");
+    c.env("OMP_NUM_THREADS", "1")
+        .env("RUST_LOG", "warn")
+        // No weights a user installed (FID Inception in ~/.cache/ca/weights) may change a
+        // test's outcome: the weights folder is an empty one of the tests' own (a test that
+        // wants weights sets its own).
+        .env("CA_WEIGHTS_DIR", no_weights_dir())
+        .env_remove("CA_DDIM_STEPS")
+        .env_remove("CA_INVERT_STEPS")
+        .env_remove("CA_PRIOR_STEPS");
     c
+}
+
+/// An empty folder: `CA_WEIGHTS_DIR` of every `ca` the tests run.
+pub fn no_weights_dir() -> PathBuf {
+    let d = std::env::temp_dir().join(format!("ca-cli-tests-no-weights-{}", std::process::id()));
+    std::fs::create_dir_all(&d).expect("temp folder");
+    d
 }
 
 /// Run and require success; returns stdout.
