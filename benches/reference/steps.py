@@ -117,6 +117,7 @@ def main():
         return out
 
     kind = row["kind"]
+    ddim_steps = None
     nets = step_obj.networks()
     if kind == "train":
         b = cfg.get("train", {}).get("batch_size", 64)
@@ -134,6 +135,7 @@ def main():
         times, unit = time_it(fn), "step"
     elif kind == "ddim":
         b = 16
+        ddim_steps = cfg.get("apply", {}).get("diffusion_ddim_steps", 50)
         unet = step_obj.unet_ema.eval()
         params = {"unet": count(unet)}
         dz, ds = step_obj.dz, step_obj.ds
@@ -144,7 +146,7 @@ def main():
         def fn(k):
             torch.manual_seed(k)
             x_t = torch.randn(b, channels, size, size).to(dev)
-            diffusion.ddim_sample(unet, step_obj.sched, z, s, x_t, 50)
+            diffusion.ddim_sample(unet, step_obj.sched, z, s, x_t, ddim_steps)
 
         times, unit = time_it(fn), "sample"
     elif kind == "encode":
@@ -168,7 +170,7 @@ def main():
     med = statistics.median(times)
     out = {
         "row": a.row, "impl": "pytorch", "device": a.device, "threads": torch.get_num_threads(),
-        "batch": b, "unit": unit, "steps": len(times), "warmup": warmup,
+        "batch": b, "ddim_steps": ddim_steps, "unit": unit, "steps": len(times), "warmup": warmup,
         "median_s": round(med, 6), "mean_s": round(sum(times) / len(times), 6),
         "min_s": round(min(times), 6), "items_per_s": round(b / med, 3),
         "peak_rss_mb": round(peak_rss_mb(), 1), "params": params,

@@ -301,7 +301,10 @@ fn tiny_gan_run_trains_resumes_exactly_and_serves_every_verb() {
             && q["fid_images"] == 8,
         "{q}"
     );
-    assert_eq!(f["separation"], m["separation"], "FID changes no other number");
+    assert_eq!(
+        f["separation"], m["separation"],
+        "FID changes no other number"
+    );
     std::fs::remove_dir_all(&weights).unwrap();
 
     // Another edit setting: its own folder named after it, the setting recorded, other

@@ -23,6 +23,46 @@ use clap::Args;
 
 use crate::util::cargo;
 
+/// glibc's mmap threshold as the `ca` binary sets it (`ca_train::malloc::MMAP_THRESHOLD`; xtask
+/// links no libtorch crate, so it is repeated here).
+pub const MMAP_THRESHOLD: usize = 32 << 20;
+/// glibc's trim threshold as the `ca` binary sets it (`ca_train::malloc::TRIM_THRESHOLD`).
+pub const TRIM_THRESHOLD: usize = 256 << 20;
+
+/// The allocator settings a pair of runs shares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Malloc {
+    /// The `ca` binary's thresholds, given to both processes through glibc's environment
+    /// variables (the Rust timer then leaves malloc alone, as `ca` does when they are set).
+    Tuned,
+    /// glibc's defaults on both sides.
+    GlibcDefaults,
+}
+
+impl Malloc {
+    /// Set up `cmd`'s environment for these settings (`rust`: the step timer, which tunes
+    /// malloc itself unless told not to).
+    pub fn apply(self, cmd: &mut Command, rust: bool) {
+        for var in [
+            "GLIBC_TUNABLES",
+            "MALLOC_MMAP_THRESHOLD_",
+            "MALLOC_TRIM_THRESHOLD_",
+        ] {
+            cmd.env_remove(var);
+        }
+        match self {
+            Malloc::Tuned => {
+                cmd.env("MALLOC_MMAP_THRESHOLD_", MMAP_THRESHOLD.to_string())
+                    .env("MALLOC_TRIM_THRESHOLD_", TRIM_THRESHOLD.to_string());
+            }
+            Malloc::GlibcDefaults if rust => {
+                cmd.env("CA_MALLOC_TUNING", "0");
+            }
+            Malloc::GlibcDefaults => {}
+        }
+    }
+}
+
 /// Options of `cargo xtask bench`.
 #[derive(Args)]
 pub struct Bench {
@@ -47,6 +87,9 @@ pub struct Bench {
     /// A prebuilt step timer (skip the cargo build; used on machines without Rust).
     #[arg(long)]
     pub steps_bin: Option<PathBuf>,
+    /// Only the pair with the `ca` binary's malloc settings (skip the glibc-defaults pair).
+    #[arg(long)]
+    pub tuned_only: bool,
     /// Skip the criterion benches (loader, losses).
     #[arg(long)]
     pub no_criterion: bool,
@@ -266,6 +309,8 @@ pub struct RunReport {
     pub peak_gpu_mb: Option<f64>,
     /// Trainable parameters per network.
     pub params: BTreeMap<String, i64>,
+    /// DDIM steps per sample (`ddim` rows), as the side reports it.
+    pub ddim_steps: Option<i64>,
 }
 
 impl RunReport {
@@ -308,6 +353,7 @@ impl RunReport {
             peak_rss_mb: n("peak_rss_mb")?,
             peak_gpu_mb: j.get("peak_gpu_mb").and_then(Json::num),
             params,
+            ddim_steps: j.get("ddim_steps").and_then(Json::num).map(|n| n as i64),
         })
     }
 }
@@ -346,16 +392,31 @@ impl RowResult {
     pub fn torch_median(&self) -> f64 {
         median(&Self::all_times(&self.torch))
     }
-    /// `None` when the parameter counts agree; otherwise why the row is refused.
+    /// `None` when both sides did the same work: the same parameter counts, batch size and
+    /// DDIM step count (in every run); otherwise why the row is refused.
     pub fn mismatch(&self) -> Option<String> {
         let (a, b) = (self.rust.first()?, self.torch.first()?);
-        (a.params != b.params).then(|| {
-            format!(
+        if a.params != b.params {
+            return Some(format!(
                 "parameter counts differ: rust {} vs pytorch {}",
                 fmt_params(&a.params),
                 fmt_params(&b.params)
-            )
-        })
+            ));
+        }
+        let all = || self.rust.iter().chain(&self.torch);
+        if let Some(r) = all().find(|r| r.batch != a.batch) {
+            return Some(format!(
+                "batch sizes differ: {} {} vs rust {}",
+                r.imp, r.batch, a.batch
+            ));
+        }
+        if let Some(r) = all().find(|r| r.ddim_steps != a.ddim_steps) {
+            return Some(format!(
+                "DDIM step counts differ: {} {:?} vs rust {:?}",
+                r.imp, r.ddim_steps, a.ddim_steps
+            ));
+        }
+        None
     }
     /// Rust / PyTorch median time, unless refused.
     pub fn ratio(&self) -> Option<f64> {
@@ -381,12 +442,21 @@ fn max_of(runs: &[RunReport], f: impl Fn(&RunReport) -> Option<f64>) -> Option<f
     runs.iter().filter_map(f).reduce(f64::max)
 }
 
-/// The markdown table of the rows.
-pub fn markdown_table(rows: &[RowResult]) -> String {
+/// The markdown table of the rows: both sides with the same malloc settings (`rows`), and the
+/// Rust / PyTorch ratio of the same rows under glibc's defaults on both sides (`untuned`, by
+/// row name; "-" where not run).
+pub fn markdown_table(rows: &[RowResult], untuned: &[RowResult]) -> String {
     let mut t = String::from(
-        "| row | batch | Rust median | PyTorch median | Rust / PyTorch | Rust items/s | PyTorch items/s | Rust peak RSS | PyTorch peak RSS | parameters (both) |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---|\n",
+        "| row | batch | Rust median | PyTorch median | Rust / PyTorch | same, glibc defaults | Rust items/s | PyTorch items/s | Rust peak RSS | PyTorch peak RSS | parameters (both) |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|\n",
     );
     for r in rows {
+        let plain = untuned
+            .iter()
+            .find(|u| u.row == r.row)
+            .map_or("-".to_string(), |u| {
+                u.ratio()
+                    .map_or("refused".to_string(), |q| format!("{q:.2}"))
+            });
         let (Some(a), Some(b)) = (r.rust.first(), r.torch.first()) else {
             continue;
         };
@@ -407,14 +477,19 @@ pub fn markdown_table(rows: &[RowResult]) -> String {
                 ),
             ),
         };
+        let batch = match a.ddim_steps {
+            Some(n) => format!("{} ({n} DDIM steps)", a.batch),
+            None => a.batch.to_string(),
+        };
         let _ = writeln!(
             t,
-            "| {} | {} | {} | {} | {} | {:.1} | {:.1} | {:.0} MiB{} | {:.0} MiB{} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {:.1} | {:.1} | {:.0} MiB{} | {:.0} MiB{} | {} |",
             r.row,
-            a.batch,
+            batch,
             fmt_time(rm, &a.unit),
             fmt_time(tm, &b.unit),
             ratio,
+            plain,
             a.batch / rm,
             b.batch / tm,
             max_of(&r.rust, |x| Some(x.peak_rss_mb)).unwrap_or(f64::NAN),
@@ -634,12 +709,14 @@ impl Bench {
         let load_before = loadavg();
         let started = std::time::Instant::now();
         let mut results = Vec::new();
+        let mut untuned = Vec::new();
         for row in &rows {
             let mut res = RowResult {
                 row: row.clone(),
                 rust: vec![],
                 torch: vec![],
             };
+            let mut plain = res.clone();
             for _ in 0..rounds {
                 let mut common: Vec<String> = vec![
                     "--row".into(),
@@ -653,21 +730,38 @@ impl Bench {
                 if self.quick {
                     common.extend(["--steps".into(), "2".into(), "--warmup".into(), "1".into()]);
                 }
-                let mut a = Command::new(&steps_bin);
-                a.args(&common).current_dir(root);
-                res.rust.push(run_side(a, "the Rust step timer")?);
-                let mut b = Command::new(&self.python);
-                b.arg("benches/reference/steps.py")
-                    .args(&common)
-                    .current_dir(root);
-                res.torch.push(run_side(b, "the PyTorch reference")?);
+                let settings: &[Malloc] = if self.tuned_only {
+                    &[Malloc::Tuned]
+                } else {
+                    &[Malloc::Tuned, Malloc::GlibcDefaults]
+                };
+                for &m in settings {
+                    let into = if m == Malloc::Tuned {
+                        &mut res
+                    } else {
+                        &mut plain
+                    };
+                    let mut a = Command::new(&steps_bin);
+                    a.args(&common).current_dir(root);
+                    m.apply(&mut a, true);
+                    into.rust.push(run_side(a, "the Rust step timer")?);
+                    let mut b = Command::new(&self.python);
+                    b.arg("benches/reference/steps.py")
+                        .args(&common)
+                        .current_dir(root);
+                    m.apply(&mut b, false);
+                    into.torch.push(run_side(b, "the PyTorch reference")?);
+                }
             }
             if let Some(why) = res.mismatch() {
                 eprintln!("xtask bench: row {row} refused: {why}");
             }
             results.push(res);
+            if !plain.rust.is_empty() {
+                untuned.push(plain);
+            }
         }
-        let table = markdown_table(&results);
+        let table = markdown_table(&results, &untuned);
         println!("{table}");
         let mut criterion = Vec::new();
         let mut criterion_text = String::new();
@@ -709,7 +803,7 @@ impl Bench {
         let _ = writeln!(md, "# Benchmarks: Rust (tch 0.24) against PyTorch 2.11\n");
         let _ = writeln!(
             md,
-            "Written by `cargo xtask bench{}`. Each side runs in its own process per round; rounds alternate Rust, PyTorch ({rounds} round(s) per row); medians are over all timed repetitions of all rounds. Ratio < 1: Rust faster. A row whose parameter counts differ is refused.\n",
+            "Written by `cargo xtask bench{}`. Each side runs in its own process per round; rounds alternate Rust, PyTorch ({rounds} round(s) per row); medians are over all timed repetitions of all rounds. Ratio < 1: Rust faster. Both sides run with the same glibc malloc settings: the `ca` binary's (`MALLOC_MMAP_THRESHOLD_={MMAP_THRESHOLD}`, `MALLOC_TRIM_THRESHOLD_={TRIM_THRESHOLD}` in both environments), and, in the column \"same, glibc defaults\", glibc's own on both (`CA_MALLOC_TUNING=0` for Rust). A row whose parameter counts, batch sizes or DDIM step counts differ between the sides is refused.\n",
             if self.quick { " --quick" } else { "" }
         );
         let _ = writeln!(
@@ -824,12 +918,72 @@ mod tests {
         };
         assert!(r.mismatch().is_none());
         assert!((r.ratio().unwrap() - 0.8).abs() < 1e-12);
-        let table = markdown_table(&[r]);
+        // The glibc-defaults pair of the same row: its ratio in its own column.
+        let mut slow = a.clone();
+        slow.times = vec![0.6, 0.6];
+        let plain = RowResult {
+            row: a.row.clone(),
+            rust: vec![slow],
+            torch: vec![b.clone()],
+        };
+        let table = markdown_table(std::slice::from_ref(&r), &[plain]);
         assert!(
-            table.contains("| gan-style-32 | 64 | 400.0 ms/step | 500.0 ms/step | **0.80** |"),
+            table.contains(
+                "| gan-style-32 | 64 | 400.0 ms/step | 500.0 ms/step | **0.80** | 1.20 |"
+            ),
             "{table}"
         );
         assert!(table.contains("total 1541933"), "{table}");
+        assert!(markdown_table(&[r], &[]).contains("| **0.80** | - |"));
+    }
+
+    /// Both sides must have done the same work: batch size and DDIM steps too, in every run.
+    #[test]
+    fn a_row_with_other_batch_or_ddim_steps_is_refused() {
+        let a = RunReport::from_output(RUST).unwrap();
+        let b = RunReport::from_output(TORCH).unwrap();
+        let row = |rust: Vec<RunReport>, torch: Vec<RunReport>| RowResult {
+            row: a.row.clone(),
+            rust,
+            torch,
+        };
+        let mut other_batch = b.clone();
+        other_batch.batch = 32.0;
+        let r = row(vec![a.clone()], vec![b.clone(), other_batch]);
+        assert!(r.ratio().is_none());
+        assert!(
+            r.mismatch().unwrap().contains("batch sizes differ"),
+            "{:?}",
+            r.mismatch()
+        );
+        let (mut a50, mut b20) = (a.clone(), b.clone());
+        a50.ddim_steps = Some(50);
+        b20.ddim_steps = Some(20);
+        let r = row(vec![a50.clone()], vec![b20]);
+        assert!(r.mismatch().unwrap().contains("DDIM step counts differ"));
+        let mut b50 = b.clone();
+        b50.ddim_steps = Some(50);
+        let r = row(vec![a50], vec![b50]);
+        assert!(r.mismatch().is_none());
+        assert!(markdown_table(&[r], &[]).contains("| 64 (50 DDIM steps) |"));
+    }
+
+    #[test]
+    fn malloc_settings_are_the_same_on_both_sides() {
+        let env = |m: Malloc, rust: bool| {
+            let mut c = Command::new("true");
+            m.apply(&mut c, rust);
+            c.get_envs()
+                .filter_map(|(k, v)| Some((k.to_str()?.to_string(), v?.to_str()?.to_string())))
+                .collect::<BTreeMap<String, String>>()
+        };
+        assert_eq!(env(Malloc::Tuned, true), env(Malloc::Tuned, false));
+        assert_eq!(
+            env(Malloc::Tuned, true)["MALLOC_MMAP_THRESHOLD_"],
+            "33554432"
+        );
+        assert_eq!(env(Malloc::GlibcDefaults, false).len(), 0);
+        assert_eq!(env(Malloc::GlibcDefaults, true)["CA_MALLOC_TUNING"], "0");
     }
 
     #[test]
@@ -844,7 +998,7 @@ mod tests {
         };
         assert!(r.ratio().is_none());
         assert!(r.mismatch().unwrap().contains("g 1"));
-        assert!(markdown_table(&[r]).contains("| refused |"));
+        assert!(markdown_table(&[r], &[]).contains("| refused |"));
     }
 
     #[test]

@@ -71,7 +71,8 @@ fn pool3_features_match_pytorch_fid_on_the_same_weights() {
     let ours = net.features(&x, 2).unwrap();
     assert_eq!(ours.size(), [2, FEATURE_DIM]);
     let text = std::fs::read_to_string(
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/inception_pool3.json"),
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/inception_pool3.json"),
     )
     .unwrap();
     let reference: Vec<Vec<f64>> = serde_json::from_str(&text).unwrap();
@@ -82,5 +83,8 @@ fn pool3_features_match_pytorch_fid_on_the_same_weights() {
     let diff = (&ours - &reference).abs().max().double_value(&[]);
     eprintln!("max |pool3| {scale:.4e}, max |ours - pytorch-fid| {diff:.3e}");
     assert!(scale > 1e-3, "the features must not be near zero: {scale}");
-    assert!(diff <= 1e-4 * scale.max(1.0), "max difference {diff} (scale {scale})");
+    assert!(
+        diff <= 1e-4 * scale.max(1.0),
+        "max difference {diff} (scale {scale})"
+    );
 }

@@ -316,13 +316,19 @@ fn real_main() -> Result<(), String> {
         }
         other => return Err(format!("row `{}`: unknown kind `{other}`", row.name)),
     };
+    // What a `ddim` row's sample costs depends on its step count: both sides report it.
+    let ddim_steps = if row.kind == "ddim" {
+        cfg.apply.diffusion_ddim_steps.to_string()
+    } else {
+        "null".to_string()
+    };
     let med = median(&times);
     let mean = times.iter().sum::<f64>() / times.len() as f64;
     let min = times.iter().copied().fold(f64::INFINITY, f64::min);
     let params_json: Vec<String> = params.iter().map(|(k, v)| format!("\"{k}\":{v}")).collect();
     let times_json: Vec<String> = times.iter().map(|t| format!("{t:.6}")).collect();
     println!(
-        "{{\"row\":\"{}\",\"impl\":\"rust\",\"device\":\"{}\",\"threads\":{},\"batch\":{},\"unit\":\"{unit}\",\"steps\":{},\"warmup\":{warmup},\"median_s\":{med:.6},\"mean_s\":{mean:.6},\"min_s\":{min:.6},\"items_per_s\":{:.3},\"peak_rss_mb\":{:.1},\"params\":{{{}}},\"times_s\":[{}]}}",
+        "{{\"row\":\"{}\",\"impl\":\"rust\",\"device\":\"{}\",\"threads\":{},\"batch\":{},\"ddim_steps\":{ddim_steps},\"unit\":\"{unit}\",\"steps\":{},\"warmup\":{warmup},\"median_s\":{med:.6},\"mean_s\":{mean:.6},\"min_s\":{min:.6},\"items_per_s\":{:.3},\"peak_rss_mb\":{:.1},\"params\":{{{}}},\"times_s\":[{}]}}",
         row.name,
         args.device,
         tch::get_num_threads(),
