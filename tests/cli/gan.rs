@@ -64,19 +64,16 @@ fn tiny_gan_run_trains_resumes_exactly_and_serves_every_verb() {
         "decoding after load differs from the in-memory generator"
     );
 
-    // The inference verbs.
-    let data = tmp.path().join("data");
-    ok(ca()
-        .args([
-            "data",
-            "export-synthetic",
-            "--n-background",
-            "12",
-            "--n-target",
-            "12",
-            "--out",
-        ])
-        .arg(&data));
+    // The inference verbs, on 12 + 12 exported images (seed 0 is the default: the run's own).
+    let export = |name: &str, seed: &str| {
+        let out = tmp.path().join(name);
+        ok(ca()
+            .args(["data", "export-synthetic", "--n-background", "12"])
+            .args(["--n-target", "12", "--seed", seed, "--out"])
+            .arg(&out));
+        out
+    };
+    let data = export("data", "0");
     let csv = tmp.path().join("codes.csv");
     ok(ca()
         .arg("encode")
@@ -217,20 +214,7 @@ fn tiny_gan_run_trains_resumes_exactly_and_serves_every_verb() {
     let e = err(ca().arg("eval").arg("--run").arg(&full).arg("--all-images"));
     assert!(e.contains("give --data ROOT"), "{e}");
     // Evaluation on images never trained on (another seed): metrics.json in the schema, reports.
-    let unseen = tmp.path().join("unseen");
-    ok(ca()
-        .args([
-            "data",
-            "export-synthetic",
-            "--n-background",
-            "12",
-            "--n-target",
-            "12",
-            "--seed",
-            "7",
-            "--out",
-        ])
-        .arg(&unseen));
+    let unseen = export("unseen", "7");
     let eval_export = || {
         let mut c = ca();
         c.arg("eval")
