@@ -614,7 +614,7 @@ pub fn evaluate(
     copts.seed ^= opts.seed;
     let classifier = tch::with_grad(|| DomainClassifier::train(&x, &set.group, m.device(), copts));
 
-    let split = Split {
+    let images = EvalImages {
         x: &x,
         x_bg: &x_bg,
         x_t: &x_t,
@@ -623,9 +623,9 @@ pub fn evaluate(
         code_t: &code_t,
         cf_t: &cf_t,
     };
-    let ground_truth = ground_truth(m, set, &split, &codes, &rows, &prober, &classifier, opts)?;
+    let ground_truth = ground_truth(m, set, &images, &codes, &rows, &prober, &classifier, opts)?;
     let (quality, gen_bg, gen_t) =
-        quality(m, &split, &rows, inception.as_ref(), &classifier, opts)?;
+        quality(m, &images, &rows, inception.as_ref(), &classifier, opts)?;
 
     let grids = make_grids(
         m,
@@ -659,7 +659,7 @@ pub fn evaluate(
 }
 
 /// The images and codes of one evaluation that the ground-truth and quality metrics share.
-struct Split<'a> {
+struct EvalImages<'a> {
     /// Every evaluated image, in `[-1, 1]`.
     x: &'a Tensor,
     x_bg: &'a Tensor,
@@ -678,7 +678,7 @@ struct Split<'a> {
 fn ground_truth(
     m: &dyn CaModel,
     set: &EvalSet,
-    sp: &Split<'_>,
+    sp: &EvalImages<'_>,
     codes: &CaCode,
     rows: &Rows,
     prober: &Prober,
@@ -727,7 +727,7 @@ fn ground_truth(
 /// show them).
 fn quality(
     m: &dyn CaModel,
-    sp: &Split<'_>,
+    sp: &EvalImages<'_>,
     rows: &Rows,
     inception: Option<&metrics::inception::InceptionFeatures>,
     classifier: &DomainClassifier,

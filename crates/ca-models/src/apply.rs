@@ -92,16 +92,18 @@ impl ApplyConfig {
         lookup: impl Fn(&str) -> Option<String>,
     ) -> Result<(Self, Vec<String>), String> {
         let mut used = Vec::new();
-        for (var, key) in STEP_OVERRIDES {
+        // In the order of STEP_OVERRIDES.
+        let fields = [
+            &mut self.diffusion_ddim_steps,
+            &mut self.diffusion_invert_steps,
+            &mut self.diffusion_prior_steps,
+        ];
+        for ((var, key), field) in STEP_OVERRIDES.into_iter().zip(fields) {
             let Some(raw) = lookup(var) else { continue };
             let n = raw.trim().parse::<usize>().ok().filter(|&n| n > 0).ok_or_else(|| {
                 format!("environment variable {var}={raw:?}: must be a positive integer (it overrides apply.{key}); unset it to use the run's config")
             })?;
-            *match key {
-                "diffusion_ddim_steps" => &mut self.diffusion_ddim_steps,
-                "diffusion_invert_steps" => &mut self.diffusion_invert_steps,
-                _ => &mut self.diffusion_prior_steps,
-            } = n;
+            *field = n;
             used.push(format!("{var}={n}"));
         }
         Ok((self, used))

@@ -26,7 +26,7 @@ pub use ca_models::apply::{ApplyConfig, DiffusionEdit, GanEdit};
 use crate::ca_terms::CodeTerms;
 pub use crate::family::{LossConfig, ModelConfig, OptimConfig};
 pub use crate::overrides::ConfigError;
-use crate::overrides::{apply_overrides, edit_distance, with_suggestion};
+use crate::overrides::{apply_overrides, closest, with_suggestion};
 
 /// A whole run: what `ca train --config FILE` reads (through [`RunConfig::from_toml`]).
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -172,12 +172,7 @@ pub fn check_keys(
                 allowed.join(", ")
             ),
         };
-        if let Some((_, best)) = allowed
-            .iter()
-            .map(|cand| (edit_distance(key, cand), cand))
-            .filter(|(d, cand)| *d <= 2.max(cand.len() / 3))
-            .min()
-        {
+        if let Some(best) = closest(key, allowed.iter().map(String::as_str)) {
             msg.push_str(&format!("\n  did you mean `{best}`?"));
         }
         return Err(ConfigError::Invalid {

@@ -100,15 +100,21 @@ pub fn with_suggestion(msg: &str) -> String {
         .step_by(2)
         .filter(|s| !s.is_empty())
         .collect();
-    let best = expected
-        .iter()
-        .map(|cand| (edit_distance(field, cand), *cand))
-        .filter(|(d, cand)| *d <= 2.max(cand.len() / 3))
-        .min();
-    match best {
-        Some((_, cand)) => format!("{msg}\n  did you mean `{cand}`?"),
+    match closest(field, expected) {
+        Some(cand) => format!("{msg}\n  did you mean `{cand}`?"),
         None => msg.to_string(),
     }
+}
+
+/// The candidate closest in spelling to `key`, if one is close enough to be a typo of it (at
+/// most 2 edits, or a third of the candidate's length).
+pub fn closest<'a>(key: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+    candidates
+        .into_iter()
+        .map(|cand| (edit_distance(key, cand), cand))
+        .filter(|(d, cand)| *d <= 2.max(cand.len() / 3))
+        .min()
+        .map(|(_, cand)| cand)
 }
 
 /// Levenshtein distance between two short strings.

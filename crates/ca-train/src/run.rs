@@ -364,13 +364,17 @@ pub fn next_run_dir(root: &Path, desc: &str) -> PathBuf {
 
 /// A short description of a config for run directory names: `synthetic-gan-style-bs64`.
 pub fn describe(cfg: &RunConfig) -> String {
-    let data = match &cfg.data {
+    let net = cfg.model.short_name();
+    format!("{}-{net}-bs{}", data_kind(cfg), cfg.train.batch_size)
+}
+
+/// The kind of a run's data: `synthetic`, `folder` or `npy`.
+fn data_kind(cfg: &RunConfig) -> &'static str {
+    match &cfg.data {
         ca_data::DataConfig::Synthetic(_) => "synthetic",
         ca_data::DataConfig::Folder(_) => "folder",
         ca_data::DataConfig::Npy(_) => "npy",
-    };
-    let net = cfg.model.short_name();
-    format!("{data}-{net}-bs{}", cfg.train.batch_size)
+    }
 }
 
 /// Geometry of a dataset.
@@ -434,38 +438,9 @@ impl Logger {
         }
     }
 
-    /// The first pending (not yet logged) term whose sum is NaN or Inf (one host sync).
-    fn pending_non_finite(&self) -> Option<(String, f64)> {
-        let mut names: Vec<&'static str> = self.sums.keys().copied().collect();
-        names.sort();
-        if names.is_empty() {
-            return None;
-        }
-        let stacked = Tensor::stack(
-            &names
-                .iter()
-                .map(|n| self.sums[n].0.to_device(Device::Cpu))
-                .collect::<Vec<_>>(),
-            0,
-        );
-        let vals = match read_back(&names, &stacked) {
-            Ok(v) => v,
-            Err(fault) => return Some(fault),
-        };
-        names
-            .iter()
-            .zip(vals)
-            .find(|(_, v)| !v.is_finite())
-            .map(|(n, v)| (n.to_string(), v))
-    }
-
-    /// One host sync: all sums to the CPU at once. Returns the means.
-    fn flush(
-        &mut self,
-        step: u64,
-        images: u64,
-        wall: f64,
-    ) -> Result<Vec<(String, f64)>, TrainError> {
+    /// The pending sums, by name in order, read back in one host sync (all sums to the CPU at
+    /// once); a read-back that fails is the fault it reports (fail closed).
+    fn read_sums(&self) -> Result<Vec<(&'static str, f64)>, (String, f64)> {
         let mut names: Vec<&'static str> = self.sums.keys().copied().collect();
         names.sort();
         if names.is_empty() {
@@ -478,16 +453,36 @@ impl Logger {
                 .collect::<Vec<_>>(),
             0,
         );
-        // A failed read-back is logged as a non-finite term, which stops the run.
-        let vals: Vec<f64> = match read_back(&names, &stacked) {
-            Ok(v) => v,
-            Err((what, _)) => {
-                return Ok(vec![(what, f64::NAN)]);
-            }
+        let vals = read_back(&names, &stacked)?;
+        Ok(names.into_iter().zip(vals).collect())
+    }
+
+    /// The first pending (not yet logged) term whose sum is NaN or Inf (one host sync).
+    fn pending_non_finite(&self) -> Option<(String, f64)> {
+        match self.read_sums() {
+            Err(fault) => Some(fault),
+            Ok(sums) => sums
+                .into_iter()
+                .find(|(_, v)| !v.is_finite())
+                .map(|(n, v)| (n.to_string(), v)),
+        }
+    }
+
+    /// One host sync: all sums to the CPU at once. Returns the means.
+    fn flush(
+        &mut self,
+        step: u64,
+        images: u64,
+        wall: f64,
+    ) -> Result<Vec<(String, f64)>, TrainError> {
+        let sums = match self.read_sums() {
+            Ok(sums) if sums.is_empty() => return Ok(vec![]),
+            Ok(sums) => sums,
+            // A failed read-back is logged as a non-finite term, which stops the run.
+            Err((what, _)) => return Ok(vec![(what, f64::NAN)]),
         };
-        let means: Vec<(String, f64)> = names
-            .iter()
-            .zip(vals)
+        let means: Vec<(String, f64)> = sums
+            .into_iter()
             .map(|(n, v)| (n.to_string(), v / self.sums[n].1 as f64))
             .collect();
         if self.columns.is_empty() {
@@ -599,7 +594,7 @@ pub fn start_summary(
          run directory {} (config: {})",
         cfg.model.short_name(),
         step_fn.summary(),
-        describe(cfg).split('-').next().unwrap_or("the"),
+        data_kind(cfg),
         ds.len() - n_bg,
         ds.channels(),
         ds.size(),

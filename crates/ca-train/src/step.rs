@@ -119,7 +119,7 @@ pub fn stats_in_fp32(stats: StepStats) -> StepStats {
 
 /// The optimiser-state tensors of a checkpoint that start with `prefix`, the prefix stripped
 /// (`opt_g.m.3` -> `m.3` for `opt_g.`).
-pub fn with_prefix(t: &HashMap<String, Tensor>, prefix: &str) -> HashMap<String, Tensor> {
+fn with_prefix(t: &HashMap<String, Tensor>, prefix: &str) -> HashMap<String, Tensor> {
     t.iter()
         .filter_map(|(k, v)| {
             k.strip_prefix(prefix)

@@ -85,20 +85,6 @@ impl ModelConfig {
             ModelConfig::Diffusion(_) => "diffusion",
         }
     }
-
-    /// The family's default `[loss]` and `[optim]`.
-    pub fn default_sections(&self) -> (LossConfig, OptimConfig) {
-        match self {
-            ModelConfig::Gan(_) => (
-                LossConfig::Gan(GanLossConfig::default()),
-                OptimConfig::Gan(GanOptimConfig::default()),
-            ),
-            ModelConfig::Diffusion(_) => (
-                LossConfig::Diffusion(DiffusionLossConfig::default()),
-                OptimConfig::Diffusion(DiffusionOptimConfig::default()),
-            ),
-        }
-    }
 }
 
 /// The keys of a table as its type writes them (every field of these configs is written).
@@ -106,6 +92,20 @@ fn keys_of<T: Serialize>(value: &T) -> Vec<String> {
     toml::Table::try_from(value)
         .map(|t| t.keys().cloned().collect())
         .unwrap_or_default()
+}
+
+/// The `[loss]` and `[optim]` keys of a family (one of [`FAMILIES`]), as its tables write them.
+fn section_keys(family: &str) -> [Vec<String>; 2] {
+    match family {
+        "gan" => [
+            keys_of(&GanLossConfig::default()),
+            keys_of(&GanOptimConfig::default()),
+        ],
+        _ => [
+            keys_of(&DiffusionLossConfig::default()),
+            keys_of(&DiffusionOptimConfig::default()),
+        ],
+    }
 }
 
 /// Read `[loss]` and `[optim]` as the tables of `model`'s family. A key of another family, or
@@ -117,44 +117,24 @@ pub fn parse_sections(
     origin: &str,
 ) -> Result<(LossConfig, OptimConfig), ConfigError> {
     let family = model.family();
-    let others: Vec<(&str, Vec<String>, Vec<String>)> = FAMILIES
-        .iter()
-        .filter(|f| **f != family)
-        .map(|f| {
-            let (l, o) = match *f {
-                "gan" => (
-                    keys_of(&GanLossConfig::default()),
-                    keys_of(&GanOptimConfig::default()),
-                ),
-                _ => (
-                    keys_of(&DiffusionLossConfig::default()),
-                    keys_of(&DiffusionOptimConfig::default()),
-                ),
-            };
-            (*f, l, o)
-        })
-        .collect();
-    let (own_loss, own_optim) = model.default_sections();
-    let other_loss: Vec<(&str, &[String])> =
-        others.iter().map(|(f, l, _)| (*f, l.as_slice())).collect();
-    let other_optim: Vec<(&str, &[String])> =
-        others.iter().map(|(f, _, o)| (*f, o.as_slice())).collect();
-    check_keys(
-        &loss,
-        "loss",
-        family,
-        &keys_of(&own_loss),
-        &other_loss,
-        origin,
-    )?;
-    check_keys(
-        &optim,
-        "optim",
-        family,
-        &keys_of(&own_optim),
-        &other_optim,
-        origin,
-    )?;
+    let keys: Vec<(&str, [Vec<String>; 2])> =
+        FAMILIES.iter().map(|f| (*f, section_keys(f))).collect();
+    for (i, (section, table)) in [("loss", &loss), ("optim", &optim)].into_iter().enumerate() {
+        let own = keys.iter().find(|(f, _)| *f == family).map(|(_, k)| &k[i]);
+        let others: Vec<(&str, &[String])> = keys
+            .iter()
+            .filter(|(f, _)| *f != family)
+            .map(|(f, k)| (*f, k[i].as_slice()))
+            .collect();
+        check_keys(
+            table,
+            section,
+            family,
+            own.map_or(&[], Vec::as_slice),
+            &others,
+            origin,
+        )?;
+    }
     let invalid = |e: toml::de::Error| ConfigError::Invalid {
         origin: origin.into(),
         msg: e.to_string(),
