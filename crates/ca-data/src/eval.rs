@@ -82,34 +82,24 @@ pub fn load_eval_set(dataset: &dyn Dataset, split: Split) -> Result<EvalSet> {
     })
 }
 
-/// FNV-1a 64 of a byte string: the content digest of one image's pixels.
-pub fn pixel_digest(bytes: &[u8]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for &b in bytes {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    h
-}
-
 /// The content digest of every image of `split` (u8 pixels at the dataset's geometry, as
 /// training sees them), one image in memory at a time.
 pub fn image_digests(dataset: &dyn Dataset, split: Split) -> Result<Vec<u64>> {
     split_indices(dataset, split)
         .par_iter()
-        .map(|&i| dataset.load(i).map(|px| pixel_digest(&px)))
+        .map(|&i| dataset.load(i).map(|px| crate::digest::fnv1a64(&px)))
         .collect()
 }
 
 /// The content digest of each row of u8 images `[N, C, H, W]` (the same digest as
-/// [`image_digests`] for the same pixels).
+/// [`image_digests`] for the same pixels: FNV-1a 64).
 pub fn tensor_digests(images: &Tensor) -> Result<Vec<u64>> {
     let n = images.size()[0];
     (0..n)
         .map(|i| {
             let px = Vec::<u8>::try_from(images.get(i).flatten(0, -1).to_device(tch::Device::Cpu))
                 .map_err(|e| crate::error::DataError::config(format!("image {i}: {e}")))?;
-            Ok(pixel_digest(&px))
+            Ok(crate::digest::fnv1a64(&px))
         })
         .collect()
 }

@@ -15,6 +15,7 @@
 
 pub mod config;
 pub mod dataset;
+pub mod digest;
 pub mod error;
 pub mod eval;
 pub mod export;

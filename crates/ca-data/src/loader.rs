@@ -47,10 +47,7 @@ fn mix(mut z: u64) -> u64 {
 
 /// Whether an item (by group and relative file name) is in the eval split.
 pub fn is_eval(seed: u64, group: Group, file: &str, eval_fraction: f64) -> bool {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in file.bytes() {
-        h = (h ^ b as u64).wrapping_mul(0x0100_0000_01b3);
-    }
+    let h = crate::digest::fnv1a64(file.as_bytes());
     let u = (mix(mix(seed) ^ h ^ ((group as u64) << 63)) >> 11) as f64 / (1u64 << 53) as f64;
     u < eval_fraction
 }

@@ -94,7 +94,7 @@ impl FileDigest {
     pub fn of_file(path: &Path) -> Result<Self, CheckpointError> {
         use std::io::Read;
         let mut f = File::open(path).map_err(io(path))?;
-        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        let mut h = ca_data::digest::Fnv1a64::default();
         let mut bytes = 0u64;
         let mut buf = vec![0u8; 1 << 20];
         loop {
@@ -103,14 +103,11 @@ impl FileDigest {
                 break;
             }
             bytes += n as u64;
-            for &b in &buf[..n] {
-                h ^= u64::from(b);
-                h = h.wrapping_mul(0x0100_0000_01b3);
-            }
+            h.update(&buf[..n]);
         }
         Ok(FileDigest {
             bytes,
-            fnv1a64: format!("{h:016x}"),
+            fnv1a64: format!("{:016x}", h.finish()),
         })
     }
 }

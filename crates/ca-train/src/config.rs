@@ -463,12 +463,7 @@ impl RunConfig {
     pub fn model_digest(&self) -> String {
         let text = toml::to_string(&self.model).expect("model config serialises");
         // FNV-1a 64: stable across platforms and Rust versions.
-        let mut h: u64 = 0xcbf29ce484222325;
-        for b in text.bytes() {
-            h ^= u64::from(b);
-            h = h.wrapping_mul(0x100000001b3);
-        }
-        format!("{h:016x}")
+        format!("{:016x}", ca_data::digest::fnv1a64(text.as_bytes()))
     }
 }
 

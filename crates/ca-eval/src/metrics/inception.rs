@@ -569,15 +569,12 @@ mod tests {
     /// FNV-1a 64 of the sorted `"name d0,d1,...\n"` lines of `(name, shape)`.
     fn fnv1a_key_list(mut entries: Vec<(String, Vec<i64>)>) -> u64 {
         entries.sort();
-        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        let mut h = ca_data::digest::Fnv1a64::default();
         for (name, shape) in entries {
             let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
-            for b in format!("{name} {}\n", dims.join(",")).bytes() {
-                h ^= u64::from(b);
-                h = h.wrapping_mul(0x0000_0100_0000_01b3);
-            }
+            h.update(format!("{name} {}\n", dims.join(",")).as_bytes());
         }
-        h
+        h.finish()
     }
 
     fn var_shapes(f: &InceptionFeatures) -> Vec<(String, Vec<i64>)> {
